@@ -1,0 +1,25 @@
+"""Exceptions raised by rwkvx. Every one derives from RWKVError."""
+
+
+class RWKVError(Exception):
+    """Base class of every error rwkvx raises on purpose."""
+
+
+class ModelFormatError(RWKVError, ValueError):
+    """A model file is corrupt, truncated, of an unknown version or type, or lies about shapes."""
+
+
+class MissingTensorError(ModelFormatError):
+    """A tensor the architecture needs is not in the file."""
+
+
+class TokenError(RWKVError, ValueError):
+    """A token id is outside [0, n_vocab)."""
+
+
+class StateError(RWKVError, ValueError):
+    """A state does not belong to this model (other architecture or shapes), or is malformed."""
+
+
+class BackendError(RWKVError, RuntimeError):
+    """A compute backend (CPU kernels, GPU) is unavailable or failed."""

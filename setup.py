@@ -1,0 +1,99 @@
+"""Build the rwkvx C core.
+
+Kernel sources live in rwkvx/_kernels/. A file's ISA is its name suffix:
+`*_ref.c` and other plain files are portable C built with baseline flags only;
+`*_avx2.c`, `*_avx512.c`, `*_neon.c` are built each with its own flags (never
+-march=native), so a wheel built here runs on any CPU of its architecture and
+the dispatcher picks the variant at run time.
+"""
+import glob
+import os
+import platform
+
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+KERNELS = os.path.join("rwkvx", "_kernels")
+BASE_FLAGS = ["-O3", "-std=c11", "-fno-strict-aliasing", "-Wall", "-Wno-unused-function"]
+
+# Per-ISA flags, applied to one file family each. Only the families that make
+# sense on the build machine's architecture are compiled.
+ISA_FLAGS = {
+    "avx2": ["-mavx2", "-mfma", "-mf16c"],
+    "avx512": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl",
+               "-mavx512dq", "-mavx512vnni"],
+    "neon": [],  # NEON is baseline on aarch64
+}
+IS_X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
+IS_ARM64 = platform.machine().lower() in ("aarch64", "arm64")
+ISA_ENABLED = {"avx2": IS_X86, "avx512": IS_X86, "neon": IS_ARM64}
+
+
+def isa_of(path):
+    stem = os.path.splitext(os.path.basename(path))[0]
+    suffix = stem.rsplit("_", 1)[-1]
+    return suffix if suffix in ISA_FLAGS else None
+
+
+class BuildExtWithIsaFiles(build_ext):
+    """Compiles each ISA-specific C file with only its own flags, then links it in."""
+
+    def build_extension(self, ext):
+        isa_sources = getattr(ext, "isa_sources", {})
+        objects = []
+        for isa, sources in isa_sources.items():
+            objects += self.compiler.compile(
+                sources,
+                output_dir=self.build_temp,
+                include_dirs=ext.include_dirs,
+                macros=[("RWKVX_BUILD_" + isa.upper(), "1")],
+                extra_postargs=BASE_FLAGS + ["-fPIC"] + ISA_FLAGS[isa],
+                depends=ext.depends,
+            )
+        ext.extra_objects = list(ext.extra_objects or []) + objects
+        super().build_extension(ext)
+
+
+def kernel_extension(name, pyx, c_glob):
+    """An extension module: a Cython wrapper plus the C files matching c_glob under rwkvx/_kernels/."""
+    portable, by_isa = [], {}
+    for path in sorted(glob.glob(os.path.join(KERNELS, c_glob))):
+        isa = isa_of(path)
+        if isa is None:
+            portable.append(path)
+        elif ISA_ENABLED[isa]:
+            by_isa.setdefault(isa, []).append(path)
+    compiled = [isa for isa in by_isa]
+    ext = Extension(
+        name,
+        sources=[pyx] + portable,
+        include_dirs=[KERNELS, numpy.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+        + [("RWKVX_HAVE_" + isa.upper(), "1") for isa in compiled],
+        extra_compile_args=BASE_FLAGS,
+        extra_link_args=["-lpthread"],
+        depends=glob.glob(os.path.join(KERNELS, "*.h")),
+    )
+    ext.isa_sources = by_isa
+    return ext
+
+
+# rwkvx/_core.pyx wraps the C files directly in rwkvx/_kernels/; any other
+# rwkvx/_<name>.pyx wraps the C files of rwkvx/_kernels/<name>/.
+extensions = []
+for pyx in sorted(glob.glob(os.path.join("rwkvx", "_*.pyx"))):
+    module = os.path.splitext(os.path.basename(pyx))[0]
+    c_glob = "*.c" if module == "_core" else os.path.join(module[1:], "*.c")
+    extensions.append(kernel_extension("rwkvx." + module, pyx, c_glob))
+# RWKVX_BUILD_ONLY=_tokenizer,_quantize builds just those modules (handy while developing one).
+only = [m for m in os.environ.get("RWKVX_BUILD_ONLY", "").split(",") if m]
+if only:
+    extensions = [e for e in extensions if e.name.split(".")[-1] in only]
+
+setup(
+    ext_modules=cythonize(extensions, language_level=3,
+                          compiler_directives={"boundscheck": False, "wraparound": False}),
+    cmdclass={"build_ext": BuildExtWithIsaFiles},
+)
