@@ -1,0 +1,387 @@
+/* The RWKV layer stack for T tokens at once ("sequence mode").
+ *
+ * Every per-token operation (norms, mixes, matrix products) runs over all T
+ * rows at once, so each weight is read once per call, not once per token; the
+ * recurrences (token shift, WKV) then walk the tokens in order. The math per
+ * token is exactly that of one-token calls, so results do not depend on T.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+
+#define RWKVX_MAX_CHUNK 128 /* tokens per internal chunk: bounds scratch memory */
+
+#define RWKVX_SLOT_NAME(slot, name) name,
+const char *const rwkvx_global_slot_names[RWKVX_N_GLOBAL_SLOTS] = {RWKVX_GLOBAL_SLOTS(RWKVX_SLOT_NAME)};
+const char *const rwkvx_layer_slot_names[RWKVX_N_LAYER_SLOTS] = {RWKVX_LAYER_SLOTS(RWKVX_SLOT_NAME)};
+#undef RWKVX_SLOT_NAME
+
+/* Scratch rows for one chunk: every buffer holds T rows of its width. */
+typedef struct scratch {
+    float *a, *prev, *mix[6], *r, *k, *v, *g, *w, *alpha, *kk, *y, *out;
+    float *hidden;  /* FFN hidden layer, or v6/v7 low-rank intermediates */
+    float *hidden2; /* second low-rank intermediate */
+    void *block;
+} scratch;
+
+static float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+static const float *vec(const rwkvx_layer *L, int slot) { return (const float *)L->t[slot].data; }
+static const rwkvx_tensor *mat(const rwkvx_layer *L, int slot) { return &L->t[slot]; }
+
+static void matmul(const rwkvx_tensor *w, const float *x, int64_t ldx, int64_t T, float *y, int64_t ldy) {
+    rwkvx_kernels->matmul(w, x, ldx, T, y, ldy);
+}
+
+static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+/* Widest low-rank intermediate of any layer (v6: 5*D and D2; v7: D of w, a, v, g). */
+static int64_t lora_width(const rwkvx_model *m) {
+    int64_t width = 0;
+    for (int32_t i = 0; i < m->n_layer; i++)
+        for (int s = 0; s < RWKVX_N_LAYER_SLOTS; s++)
+            if (s == RWKVX_MAA_W1 || s == RWKVX_DECAY_W1 || s == RWKVX_W1 || s == RWKVX_A1 ||
+                s == RWKVX_V1 || s == RWKVX_G1)
+                width = max64(width, m->layers[i].t[s].n_rows);
+    return width;
+}
+
+static int scratch_alloc(scratch *s, const rwkvx_model *m, int64_t T) {
+    const int64_t C = m->n_embd;
+    const int64_t hidden = max64(m->n_ffn, lora_width(m));
+    const int64_t n_rows_c = 17; /* a, prev, 6 mixes, r, k, v, g, w, alpha, kk, y, out */
+    const size_t total = (size_t)T * (size_t)(n_rows_c * C + 2 * hidden);
+    float *p = malloc(total * sizeof(float));
+    if (p == NULL) return RWKVX_ERR_ALLOC;
+    s->block = p;
+    float **rows_c[] = {&s->a, &s->prev, &s->mix[0], &s->mix[1], &s->mix[2], &s->mix[3], &s->mix[4],
+                        &s->mix[5], &s->r, &s->k, &s->v, &s->g, &s->w, &s->alpha, &s->kk, &s->y, &s->out};
+    for (size_t i = 0; i < sizeof rows_c / sizeof rows_c[0]; i++, p += T * C) *rows_c[i] = p;
+    s->hidden = p;
+    s->hidden2 = p + T * hidden;
+    return RWKVX_OK;
+}
+
+/* prev[t] = a[t-1], prev[0] = the stored shift state, which becomes a[T-1]. */
+static void token_shift(const float *a, float *prev, int64_t T, int64_t C, float *shift_state) {
+    memcpy(prev, shift_state, (size_t)C * sizeof(float));
+    if (T > 1) memcpy(prev + C, a, (size_t)((T - 1) * C) * sizeof(float));
+    memcpy(shift_state, a + (T - 1) * C, (size_t)C * sizeof(float));
+}
+
+/* v4/v5 interpolation: out = a*mu + prev*(1-mu). */
+static void lerp_mix(const float *a, const float *prev, const float *mu, int64_t T, int64_t C, float *out) {
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t c = 0; c < C; c++) out[t * C + c] = a[t * C + c] * mu[c] + prev[t * C + c] * (1.0f - mu[c]);
+}
+
+/* v6/v7 interpolation: out = a + (prev - a) * mu. */
+static void delta_mix(const float *a, const float *prev, const float *mu, int64_t T, int64_t C, float *out) {
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t c = 0; c < C; c++) out[t * C + c] = a[t * C + c] + (prev[t * C + c] - a[t * C + c]) * mu[c];
+}
+
+static void add_rows(float *x, const float *d, int64_t n) {
+    for (int64_t i = 0; i < n; i++) x[i] += d[i];
+}
+
+/* ---- channel mixing (FFN) --------------------------------------------- */
+
+static void channel_mix(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, int64_t T, float *x,
+                        float *shift_state) {
+    const int64_t C = m->n_embd, F = m->n_ffn;
+    float *f = s->a, *q = s->prev, *xk = s->mix[0], *xr = s->mix[1];
+    rwkvx_layer_norm_ref(x, f, T, C, vec(L, RWKVX_LN2_W), vec(L, RWKVX_LN2_B), 1e-5f);
+    token_shift(f, q, T, C, shift_state);
+    switch (m->arch) {
+    case RWKVX_ARCH_V7:
+        delta_mix(f, q, vec(L, RWKVX_FFN_X_K), T, C, xk);
+        break;
+    case RWKVX_ARCH_V6:
+        delta_mix(f, q, vec(L, RWKVX_FFN_MAA_K), T, C, xk);
+        delta_mix(f, q, vec(L, RWKVX_FFN_MAA_R), T, C, xr);
+        break;
+    default:
+        lerp_mix(f, q, vec(L, RWKVX_FFN_MIX_K), T, C, xk);
+        lerp_mix(f, q, vec(L, RWKVX_FFN_MIX_R), T, C, xr);
+    }
+    matmul(mat(L, RWKVX_FFN_K), xk, C, T, s->hidden, F);
+    for (int64_t i = 0; i < T * F; i++) {
+        const float h = s->hidden[i] > 0.0f ? s->hidden[i] : 0.0f;
+        s->hidden[i] = h * h;
+    }
+    matmul(mat(L, RWKVX_FFN_V), s->hidden, F, T, s->out, C);
+    if (m->arch != RWKVX_ARCH_V7) {
+        matmul(mat(L, RWKVX_FFN_R), xr, C, T, s->r, C);
+        for (int64_t i = 0; i < T * C; i++) s->out[i] *= sigmoidf(s->r[i]);
+    }
+    add_rows(x, s->out, T * C);
+}
+
+/* ---- time mixing (attention) -------------------------------------------- */
+
+static void time_mix_v4(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, int64_t T, float *st) {
+    const int64_t C = m->n_embd;
+    float *xk = s->mix[0], *xv = s->mix[1], *xr = s->mix[2];
+    lerp_mix(s->a, s->prev, vec(L, RWKVX_ATT_MIX_K), T, C, xk);
+    lerp_mix(s->a, s->prev, vec(L, RWKVX_ATT_MIX_V), T, C, xv);
+    lerp_mix(s->a, s->prev, vec(L, RWKVX_ATT_MIX_R), T, C, xr);
+    matmul(mat(L, RWKVX_ATT_K), xk, C, T, s->k, C);
+    matmul(mat(L, RWKVX_ATT_V), xv, C, T, s->v, C);
+    matmul(mat(L, RWKVX_ATT_R), xr, C, T, s->r, C);
+    rwkvx_wkv4_ref(T, C, s->k, s->v, vec(L, RWKVX_ATT_FIRST), vec(L, RWKVX_ATT_DECAY),
+                   st + 2 * C, st + 3 * C, st + 4 * C, s->y);
+    for (int64_t i = 0; i < T * C; i++) s->y[i] *= sigmoidf(s->r[i]);
+    matmul(mat(L, RWKVX_ATT_O), s->y, C, T, s->out, C);
+}
+
+static void time_mix_v5(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, int64_t T, float *st) {
+    const int64_t C = m->n_embd;
+    const int v52 = m->arch == RWKVX_ARCH_V5_2;
+    float *xk = s->mix[0], *xv = s->mix[1], *xr = s->mix[2], *xg = s->mix[3];
+    lerp_mix(s->a, s->prev, vec(L, RWKVX_ATT_MIX_K), T, C, xk);
+    lerp_mix(s->a, s->prev, vec(L, RWKVX_ATT_MIX_V), T, C, xv);
+    lerp_mix(s->a, s->prev, vec(L, RWKVX_ATT_MIX_R), T, C, xr);
+    matmul(mat(L, RWKVX_ATT_K), xk, C, T, s->k, C);
+    matmul(mat(L, RWKVX_ATT_V), xv, C, T, s->v, C);
+    matmul(mat(L, RWKVX_ATT_R), xr, C, T, s->r, C);
+    const float *u = vec(L, v52 ? RWKVX_ATT_FAAAA : RWKVX_ATT_FIRST);
+    rwkvx_wkv5_ref(T, m->n_head, m->head_size, s->r, s->k, s->v, u, vec(L, RWKVX_ATT_DECAY), 0,
+                   st + 2 * C, s->y);
+    rwkvx_group_norm_ref(s->y, s->y, T, m->n_head, m->head_size, vec(L, RWKVX_LNX_W), vec(L, RWKVX_LNX_B), 1e-5f);
+    if (v52) {
+        lerp_mix(s->a, s->prev, vec(L, RWKVX_ATT_MIX_G), T, C, xg);
+        matmul(mat(L, RWKVX_ATT_G), xg, C, T, s->g, C);
+        for (int64_t i = 0; i < T * C; i++) s->y[i] *= s->g[i] * sigmoidf(s->g[i]);
+    }
+    matmul(mat(L, RWKVX_ATT_O), s->y, C, T, s->out, C);
+}
+
+static void time_mix_v6(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, int64_t T, float *st) {
+    const int64_t C = m->n_embd;
+    const int64_t D = mat(L, RWKVX_MAA_W1)->n_rows / 5, D2 = mat(L, RWKVX_DECAY_W1)->n_rows;
+    /* xxx = a + (prev - a) * maa_x, then five data-dependent mixes (w, k, v, r, g) */
+    delta_mix(s->a, s->prev, vec(L, RWKVX_MAA_X), T, C, s->out);
+    matmul(mat(L, RWKVX_MAA_W1), s->out, C, T, s->hidden, 5 * D);
+    for (int64_t i = 0; i < T * 5 * D; i++) s->hidden[i] = tanhf(s->hidden[i]);
+    static const int maa_slots[5] = {RWKVX_MAA_W, RWKVX_MAA_K, RWKVX_MAA_V, RWKVX_MAA_R, RWKVX_MAA_G};
+    const rwkvx_tensor *w2 = mat(L, RWKVX_MAA_W2); /* 5 slabs of C rows, D inputs each */
+    const size_t slab_bytes = (size_t)C * rwkvx_row_bytes(w2->type, (size_t)D);
+    for (int c = 0; c < 5; c++) {
+        rwkvx_tensor slab = {(const uint8_t *)w2->data + c * slab_bytes, w2->type, (int32_t)D, (int32_t)C};
+        float *xc = s->mix[c];
+        matmul(&slab, s->hidden + c * D, 5 * D, T, xc, C); /* xc = W2[c] h_c */
+        const float *maa = vec(L, maa_slots[c]);
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t i = 0; i < C; i++) {
+                const int64_t j = t * C + i;
+                xc[j] = s->a[j] + (s->prev[j] - s->a[j]) * (maa[i] + xc[j]);
+            }
+    }
+    float *xw = s->mix[0], *xk = s->mix[1], *xv = s->mix[2], *xr = s->mix[3], *xg = s->mix[4];
+    matmul(mat(L, RWKVX_ATT_R), xr, C, T, s->r, C);
+    matmul(mat(L, RWKVX_ATT_K), xk, C, T, s->k, C);
+    matmul(mat(L, RWKVX_ATT_V), xv, C, T, s->v, C);
+    matmul(mat(L, RWKVX_ATT_G), xg, C, T, s->g, C);
+    /* w = exp(-exp(time_decay + W_d2 tanh(W_d1 xw))), per token and channel */
+    matmul(mat(L, RWKVX_DECAY_W1), xw, C, T, s->hidden2, D2);
+    for (int64_t i = 0; i < T * D2; i++) s->hidden2[i] = tanhf(s->hidden2[i]);
+    matmul(mat(L, RWKVX_DECAY_W2), s->hidden2, D2, T, s->w, C);
+    const float *decay = vec(L, RWKVX_ATT_DECAY);
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t i = 0; i < C; i++) s->w[t * C + i] = expf(-expf(decay[i] + s->w[t * C + i]));
+    rwkvx_wkv5_ref(T, m->n_head, m->head_size, s->r, s->k, s->v, vec(L, RWKVX_ATT_FAAAA), s->w, C,
+                   st + 2 * C, s->y);
+    rwkvx_group_norm_ref(s->y, s->y, T, m->n_head, m->head_size, vec(L, RWKVX_LNX_W), vec(L, RWKVX_LNX_B), 64e-5f);
+    for (int64_t i = 0; i < T * C; i++) s->y[i] *= s->g[i] * sigmoidf(s->g[i]);
+    matmul(mat(L, RWKVX_ATT_O), s->y, C, T, s->out, C);
+}
+
+/* y = W2 f(W1 x) for a low-rank pair; f = tanh, sigmoid or identity. */
+enum { LORA_LINEAR, LORA_TANH, LORA_SIGMOID };
+static void lora(const rwkvx_tensor *w1, const rwkvx_tensor *w2, const float *x, int64_t T, int activation,
+                 float *hidden, float *y) {
+    const int64_t C = w1->n_in, D = w1->n_rows;
+    matmul(w1, x, C, T, hidden, D);
+    if (activation == LORA_TANH)
+        for (int64_t i = 0; i < T * D; i++) hidden[i] = tanhf(hidden[i]);
+    else if (activation == LORA_SIGMOID)
+        for (int64_t i = 0; i < T * D; i++) hidden[i] = sigmoidf(hidden[i]);
+    matmul(w2, hidden, D, T, y, w2->n_rows);
+}
+
+static void time_mix_v7(const rwkvx_model *m, const rwkvx_layer *L, int32_t layer, scratch *s, int64_t T,
+                        float *st, float *v_first) {
+    const int64_t C = m->n_embd, H = m->n_head, S = m->head_size;
+    const float *x_rwkvag = vec(L, RWKVX_X_RWKVAG);
+    for (int c = 0; c < 6; c++) delta_mix(s->a, s->prev, x_rwkvag + c * C, T, C, s->mix[c]);
+    float *xr = s->mix[0], *xw = s->mix[1], *xk = s->mix[2], *xv = s->mix[3], *xa = s->mix[4], *xg = s->mix[5];
+    matmul(mat(L, RWKVX_ATT_R), xr, C, T, s->r, C);
+    matmul(mat(L, RWKVX_ATT_K), xk, C, T, s->k, C);
+    matmul(mat(L, RWKVX_ATT_V), xv, C, T, s->v, C);
+
+    /* decay w = exp(-e^-0.5 * sigmoid(w0 + W2 tanh(W1 xw))), in (e^-0.607, 1) */
+    lora(mat(L, RWKVX_W1), mat(L, RWKVX_W2), xw, T, LORA_TANH, s->hidden, s->w);
+    const float *w0 = vec(L, RWKVX_W0);
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t i = 0; i < C; i++) s->w[t * C + i] = expf(-0.606531f * sigmoidf(w0[i] + s->w[t * C + i]));
+
+    /* in-context learning rate alpha = sigmoid(a0 + A2 A1 xa); gate g = G2 sigmoid(G1 xg) */
+    lora(mat(L, RWKVX_A1), mat(L, RWKVX_A2), xa, T, LORA_LINEAR, s->hidden, s->alpha);
+    const float *a0 = vec(L, RWKVX_A0);
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t i = 0; i < C; i++) s->alpha[t * C + i] = sigmoidf(a0[i] + s->alpha[t * C + i]);
+    lora(mat(L, RWKVX_G1), mat(L, RWKVX_G2), xg, T, LORA_SIGMOID, s->hidden, s->g);
+
+    /* kk = per-head unit vector of k*k_k; k scaled by the replacement rate */
+    const float *k_k = vec(L, RWKVX_K_K), *k_a = vec(L, RWKVX_K_A);
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t h = 0; h < H; h++) {
+            const int64_t o = t * C + h * S;
+            float norm2 = 0.0f;
+            for (int64_t j = 0; j < S; j++) {
+                s->kk[o + j] = s->k[o + j] * k_k[h * S + j];
+                norm2 += s->kk[o + j] * s->kk[o + j];
+            }
+            const float inv = 1.0f / fmaxf(sqrtf(norm2), 1e-12f);
+            for (int64_t j = 0; j < S; j++) s->kk[o + j] *= inv;
+        }
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t i = 0; i < C; i++) {
+            const int64_t j = t * C + i;
+            s->k[j] = s->k[j] * (1.0f + (s->alpha[j] - 1.0f) * k_a[i]);
+        }
+
+    /* value residual: layer 0 sets v_first, later layers mix towards it */
+    if (layer == 0) {
+        memcpy(v_first, s->v, (size_t)(T * C) * sizeof(float));
+    } else {
+        lora(mat(L, RWKVX_V1), mat(L, RWKVX_V2), xv, T, LORA_LINEAR, s->hidden, s->out);
+        const float *v0 = vec(L, RWKVX_V0);
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t i = 0; i < C; i++) {
+                const int64_t j = t * C + i;
+                s->v[j] += (v_first[j] - s->v[j]) * sigmoidf(v0[i] + s->out[j]);
+            }
+    }
+
+    /* WKV with a = -kk and b = kk * alpha (reusing the mix buffers, no longer needed) */
+    float *a = s->mix[0], *b = s->mix[1];
+    for (int64_t i = 0; i < T * C; i++) {
+        a[i] = -s->kk[i];
+        b[i] = s->kk[i] * s->alpha[i];
+    }
+    rwkvx_wkv7_ref(T, H, S, s->r, s->w, s->k, s->v, a, b, st + 2 * C, s->y);
+    rwkvx_group_norm_ref(s->y, s->y, T, H, S, vec(L, RWKVX_LNX_W), vec(L, RWKVX_LNX_B), 64e-5f);
+
+    /* bonus: y_h += (sum_j r k r_k) v_h, then gate */
+    const float *r_k = vec(L, RWKVX_R_K);
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t h = 0; h < H; h++) {
+            const int64_t o = t * C + h * S;
+            float bonus = 0.0f;
+            for (int64_t j = 0; j < S; j++) bonus += s->r[o + j] * s->k[o + j] * r_k[h * S + j];
+            for (int64_t j = 0; j < S; j++) s->y[o + j] = (s->y[o + j] + bonus * s->v[o + j]) * s->g[o + j];
+        }
+    matmul(mat(L, RWKVX_ATT_O), s->y, C, T, s->out, C);
+}
+
+/* ---- the stack ---------------------------------------------------------- */
+
+size_t rwkvx_state_floats_per_layer(const rwkvx_model *m) {
+    const size_t C = (size_t)m->n_embd;
+    return m->arch == RWKVX_ARCH_V4 ? 5 * C : (2 + (size_t)m->head_size) * C;
+}
+
+void rwkvx_init_state(const rwkvx_model *m, float *state) {
+    const size_t per_layer = rwkvx_state_floats_per_layer(m), C = (size_t)m->n_embd;
+    memset(state, 0, per_layer * (size_t)m->n_layer * sizeof(float));
+    if (m->arch == RWKVX_ARCH_V4)
+        for (int32_t i = 0; i < m->n_layer; i++)
+            for (size_t c = 0; c < C; c++) state[i * per_layer + 4 * C + c] = -1e30f;
+}
+
+int rwkvx_embed(const rwkvx_model *m, const int32_t *tokens, int64_t T, float *x) {
+    const int64_t C = m->n_embd;
+    for (int64_t t = 0; t < T; t++)
+        if (tokens[t] < 0 || tokens[t] >= m->n_vocab) return RWKVX_ERR_TOKEN;
+    for (int64_t t = 0; t < T; t++) rwkvx_kernels->dequant_row(&m->globals[RWKVX_EMB], tokens[t], x + t * C);
+    rwkvx_layer_norm_ref(x, x, T, C, m->globals[RWKVX_LN0_W].data, m->globals[RWKVX_LN0_B].data, 1e-5f);
+    return RWKVX_OK;
+}
+
+static int run_layers_chunk(const rwkvx_model *m, int32_t begin, int32_t end, float *x, float *v_first,
+                            int64_t T, float *state, scratch *s) {
+    const int64_t C = m->n_embd;
+    const size_t per_layer = rwkvx_state_floats_per_layer(m);
+    for (int32_t i = begin; i < end; i++) {
+        const rwkvx_layer *L = &m->layers[i];
+        float *st = state + (size_t)i * per_layer; /* [ffn_xx, att_xx, ...] */
+        rwkvx_layer_norm_ref(x, s->a, T, C, vec(L, RWKVX_LN1_W), vec(L, RWKVX_LN1_B), 1e-5f);
+        token_shift(s->a, s->prev, T, C, st + C);
+        switch (m->arch) {
+        case RWKVX_ARCH_V4: time_mix_v4(m, L, s, T, st); break;
+        case RWKVX_ARCH_V5_1:
+        case RWKVX_ARCH_V5_2: time_mix_v5(m, L, s, T, st); break;
+        case RWKVX_ARCH_V6: time_mix_v6(m, L, s, T, st); break;
+        case RWKVX_ARCH_V7: time_mix_v7(m, L, i, s, T, st, v_first); break;
+        default: return RWKVX_ERR_ARGUMENT;
+        }
+        add_rows(x, s->out, T * C);
+        channel_mix(m, L, s, T, x, st);
+    }
+    return RWKVX_OK;
+}
+
+int rwkvx_run_layers(const rwkvx_model *m, int32_t begin, int32_t end, float *x, float *v_first,
+                     int64_t T, float *state) {
+    if (begin < 0 || end > m->n_layer || begin > end || T <= 0) return RWKVX_ERR_ARGUMENT;
+    scratch s;
+    if (scratch_alloc(&s, m, T) != RWKVX_OK) return RWKVX_ERR_ALLOC;
+    const int status = run_layers_chunk(m, begin, end, x, v_first, T, state, &s);
+    free(s.block);
+    return status;
+}
+
+int rwkvx_head(const rwkvx_model *m, const float *x, int64_t T, float *logits) {
+    const int64_t C = m->n_embd;
+    float *normed = malloc((size_t)(T * C) * sizeof(float));
+    if (normed == NULL) return RWKVX_ERR_ALLOC;
+    rwkvx_layer_norm_ref(x, normed, T, C, m->globals[RWKVX_LN_OUT_W].data, m->globals[RWKVX_LN_OUT_B].data, 1e-5f);
+    matmul(&m->globals[RWKVX_HEAD], normed, C, T, logits, m->n_vocab);
+    free(normed);
+    return RWKVX_OK;
+}
+
+int rwkvx_forward(const rwkvx_model *m, const int32_t *tokens, int64_t n_tokens, float *state,
+                  float *logits, int logits_mode) {
+    if (n_tokens <= 0) return RWKVX_ERR_ARGUMENT;
+    for (int64_t t = 0; t < n_tokens; t++)
+        if (tokens[t] < 0 || tokens[t] >= m->n_vocab) return RWKVX_ERR_TOKEN;
+    const int64_t C = m->n_embd;
+    const int64_t chunk = n_tokens < RWKVX_MAX_CHUNK ? n_tokens : RWKVX_MAX_CHUNK;
+    scratch s;
+    if (scratch_alloc(&s, m, chunk) != RWKVX_OK) return RWKVX_ERR_ALLOC;
+    float *x = malloc((size_t)(2 * chunk * C) * sizeof(float));
+    if (x == NULL) {
+        free(s.block);
+        return RWKVX_ERR_ALLOC;
+    }
+    float *v_first = x + chunk * C;
+    int status = RWKVX_OK;
+    for (int64_t t0 = 0; t0 < n_tokens && status == RWKVX_OK; t0 += chunk) {
+        const int64_t T = n_tokens - t0 < chunk ? n_tokens - t0 : chunk;
+        status = rwkvx_embed(m, tokens + t0, T, x);
+        if (status == RWKVX_OK) status = run_layers_chunk(m, 0, m->n_layer, x, v_first, T, state, &s);
+        if (status != RWKVX_OK) break;
+        if (logits_mode == RWKVX_LOGITS_ALL)
+            status = rwkvx_head(m, x, T, logits + t0 * m->n_vocab);
+        else if (logits_mode == RWKVX_LOGITS_LAST && t0 + T == n_tokens)
+            status = rwkvx_head(m, x + (T - 1) * C, 1, logits);
+    }
+    free(x);
+    free(s.block);
+    return status;
+}

@@ -1,0 +1,153 @@
+"""rwkvx.load and Model: an RWKV model ready to run on the CPU kernels."""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+
+from . import _core
+from .architecture import ModelShape, expected_tensors, infer_shape
+from .errors import ModelFormatError, StateError, TokenError
+from .formats.rwkvcpp import RwkvCppFile
+from .state import State
+
+# Tensors the kernels read as weight matrices, straight from the mapped file;
+# every other tensor is a small vector, copied once into float32.
+MATRIX_TENSORS = frozenset({
+    "emb.weight", "head.weight",
+    "att.key.weight", "att.value.weight", "att.receptance.weight", "att.output.weight", "att.gate.weight",
+    "att.time_maa_w1", "att.time_maa_w2", "att.time_decay_w1", "att.time_decay_w2",
+    "att.w1", "att.w2", "att.a1", "att.a2", "att.v1", "att.v2", "att.g1", "att.g2",
+    "ffn.key.weight", "ffn.value.weight", "ffn.receptance.weight",
+})
+LOGITS_MODES = (None, "last", "all")
+
+
+def _layer_local(name: str) -> str:
+    """'blocks.3.att.key.weight' -> 'att.key.weight'; global names unchanged."""
+    if name.startswith("blocks.") and not name.startswith("blocks.0.ln0."):
+        return name.split(".", 2)[2]
+    return name
+
+
+def _canonical_vector(name: str, array: np.ndarray, shape: ModelShape) -> np.ndarray:
+    """Flatten a parameter vector to the per-channel float32 form the kernels read.
+
+    v5.1 stores time_first and time_decay once per head: repeat them over the head's channels.
+    """
+    vector = np.ascontiguousarray(array, dtype=np.float32).reshape(-1)
+    if shape.arch == "v5.1" and _layer_local(name) in ("att.time_first", "att.time_decay"):
+        vector = np.repeat(vector, shape.head_size)
+    expected = 6 * shape.n_embd if name.endswith("att.x_rwkvag") else shape.n_embd
+    if vector.size != expected:
+        raise ModelFormatError(f"tensor {name!r} has {vector.size} values, expected {expected}")
+    return vector
+
+
+class Model:
+    """An RWKV model (v4, v5.1, v5.2, v6 or v7) whose weights stay memory-mapped.
+
+    Attributes: arch, n_vocab, n_embd, n_layer, dtype (the file's main weight type: "FP32", "FP16",
+    "Q4_0", ...), shape (rwkvx.architecture.ModelShape), path, threads.
+    """
+
+    def __init__(self, source: RwkvCppFile, threads: int | None = None):
+        self.source = source
+        self.path = source.path
+        self.shape = infer_shape({name: info.shape for name, info in source.tensors.items()}, source.path)
+        self.dtype = source.header.data_type.name
+        self.threads = _resolve_threads(threads)
+        self._check_header(source)
+        self._core = self._build_core(source, self.shape)
+
+    arch = property(lambda self: self.shape.arch)
+    n_vocab = property(lambda self: self.shape.n_vocab)
+    n_embd = property(lambda self: self.shape.n_embd)
+    n_layer = property(lambda self: self.shape.n_layer)
+
+    def __repr__(self) -> str:
+        return (f"<rwkvx.Model {self.arch} n_layer={self.n_layer} n_embd={self.n_embd} "
+                f"n_vocab={self.n_vocab} dtype={self.dtype} path={self.path!r}>")
+
+    @staticmethod
+    def _check_header(source: RwkvCppFile) -> None:
+        h, path = source.header, source.path
+        emb = source.tensors["emb.weight"].shape
+        layers = sum(1 for name in source.tensors if name.endswith(".ln1.weight"))
+        for what, in_header, in_tensors in (("n_vocab", h.n_vocab, emb[0]), ("n_embd", h.n_embd, emb[1]),
+                                            ("n_layer", h.n_layer, layers)):
+            if in_header != in_tensors:
+                raise ModelFormatError(
+                    f"{path}: header says {what} = {in_header}, but the tensors say {in_tensors}"
+                )
+
+    @staticmethod
+    def _build_core(source: RwkvCppFile, shape: ModelShape) -> "_core.CoreModel":
+        core = _core.CoreModel(shape.arch, shape.n_vocab, shape.n_embd, shape.n_layer, shape.n_ffn,
+                               shape.n_head, shape.head_size)
+        for name in expected_tensors(shape):
+            info = source.tensors[name]
+            local = _layer_local(name)
+            layer = int(name.split(".")[1]) if local != name else -1
+            if local in MATRIX_TENSORS:
+                n_rows = info.n_elements // info.ne[0]
+                core.set_tensor(layer, local, source.raw(name), info.type.id, info.ne[0], n_rows)
+            else:
+                vector = _canonical_vector(name, source.array(name), shape)
+                core.set_tensor(layer, local, vector, 0, vector.size, 1)
+        return core
+
+    def new_state(self) -> State:
+        """The architecture's initial state (zeros; v4's pp = -1e30)."""
+        data = np.empty(self._core.state_len, dtype=np.float32)
+        self._core.init_state(data)
+        return State(data, self.shape)
+
+    def forward(self, tokens: int | Sequence[int], state: State | None = None, logits: str | None = "last",
+                inplace: bool = False):
+        """Feed tokens (one id or a sequence) after `state` (None: the initial state).
+
+        logits: "last" -> float32 [n_vocab] for the last token; "all" -> float32 [len(tokens), n_vocab];
+                None -> no logits: ln_out and the head are not computed at all.
+        Returns (logits, new_state). The state passed in is left untouched unless inplace=True, in which case
+        it is updated and returned (no copy: for hot decoding loops).
+        """
+        if logits not in LOGITS_MODES:
+            raise ValueError(f"logits must be one of {LOGITS_MODES}, got {logits!r}")
+        ids = self._checked_tokens(tokens)
+        if state is None:
+            state = self.new_state()
+        elif not isinstance(state, State):
+            raise StateError(f"state must be an rwkvx.State (from model.new_state()), got {type(state).__name__}")
+        else:
+            state.check_fits(self.shape)
+            if not inplace:
+                state = state.copy()
+        out = self._core.forward(ids, state.data, logits)
+        return out, state
+
+    def _checked_tokens(self, tokens) -> np.ndarray:
+        ids = np.atleast_1d(np.asarray(tokens))
+        if ids.ndim != 1 or ids.size == 0:
+            raise TokenError(f"tokens must be an int or a non-empty sequence of ints, got shape {ids.shape}")
+        if ids.dtype.kind not in "iu":
+            raise TokenError(f"tokens must be integers, got {ids.dtype}")
+        bad = np.flatnonzero((ids < 0) | (ids >= self.n_vocab))
+        if bad.size:
+            i = int(bad[0])
+            raise TokenError(f"token {int(ids[i])} at position {i} is out of range [0, {self.n_vocab})")
+        return np.ascontiguousarray(ids, dtype=np.int32)
+
+
+def _resolve_threads(threads: int | None) -> int:
+    if threads is None:
+        return os.cpu_count() or 1
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+    return threads
+
+
+def load(path: str | os.PathLike, threads: int | None = None) -> Model:
+    """Load an rwkv.cpp model file (.bin). threads=None uses all cores."""
+    return Model(RwkvCppFile(path), threads=threads)
