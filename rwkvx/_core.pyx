@@ -45,6 +45,10 @@ cdef extern from "rwkvx.h" nogil:
     void rwkvx_init_state(const rwkvx_model *m, float *state)
     int rwkvx_forward(const rwkvx_model *m, const int32_t *tokens, int64_t n_tokens,
                       float *state, float *logits, int logits_mode)
+    int rwkvx_embed(const rwkvx_model *m, const int32_t *tokens, int64_t n_tokens, float *x)
+    int rwkvx_run_layers(const rwkvx_model *m, int32_t layer_begin, int32_t layer_end,
+                         float *x, float *v_first, int64_t n_tokens, float *state)
+    int rwkvx_head(const rwkvx_model *m, const float *x, int64_t n_tokens, float *logits)
 
 cdef extern from "kernels.h" nogil:
     ctypedef struct rwkvx_kernel_table:
@@ -153,12 +157,58 @@ cdef class CoreModel:
         cdef int status
         with nogil:
             status = rwkvx_forward(&self.m, &tokens[0], T, &state[0], out_ptr, mode)
+        self._raise_for(status, "rwkvx_forward")
+        if mode == RWKVX_LOGITS_LAST:
+            return out[0]
+        return out
+
+    cdef _raise_for(self, int status, str what):
         if status == RWKVX_ERR_TOKEN:
             raise TokenError(f"token id out of range [0, {self.m.n_vocab})")
         if status == RWKVX_ERR_ALLOC:
             raise MemoryError("rwkvx: out of memory for scratch buffers")
         if status != RWKVX_OK:
-            raise BackendError(f"rwkvx_forward failed with status {status}")
-        if mode == RWKVX_LOGITS_LAST:
-            return out[0]
+            raise BackendError(f"{what} failed with status {status}")
+
+    # The pieces of forward(), for callers that run segments of layers elsewhere (GPU offload).
+
+    def embed(self, const int32_t[::1] tokens):
+        """tokens [T] -> x float32 [T, n_embd] = ln0(emb[tokens])."""
+        cdef int64_t T = tokens.shape[0]
+        if T == 0:
+            raise ValueError("no tokens")
+        x = np.empty((T, self.m.n_embd), dtype=np.float32)
+        cdef float[:, ::1] xv = x
+        cdef int status
+        with nogil:
+            status = rwkvx_embed(&self.m, &tokens[0], T, &xv[0, 0])
+        self._raise_for(status, "rwkvx_embed")
+        return x
+
+    def run_layers(self, int begin, int end, float[:, ::1] x, float[:, ::1] v_first, float[::1] state):
+        """Layers [begin, end) over x [T, n_embd] in place; v_first [T, n_embd] is v7's value residual
+        (written by layer 0, read by later layers; any buffer for other architectures)."""
+        cdef int64_t T = x.shape[0]
+        if T == 0 or x.shape[1] != self.m.n_embd or v_first.shape[0] != T or v_first.shape[1] != self.m.n_embd:
+            raise ValueError("x and v_first must both be float32 [T, n_embd] with T > 0")
+        if <size_t>state.shape[0] != self.state_len:
+            raise ValueError(f"state has {state.shape[0]} floats, expected {self.state_len}")
+        if not 0 <= begin <= end <= self.m.n_layer:
+            raise ValueError(f"bad layer range [{begin}, {end}) for {self.m.n_layer} layers")
+        cdef int status
+        with nogil:
+            status = rwkvx_run_layers(&self.m, begin, end, &x[0, 0], &v_first[0, 0], T, &state[0])
+        self._raise_for(status, "rwkvx_run_layers")
+
+    def head(self, const float[:, ::1] x):
+        """x [T, n_embd] -> logits float32 [T, n_vocab] = head(ln_out(x))."""
+        cdef int64_t T = x.shape[0]
+        if T == 0 or x.shape[1] != self.m.n_embd:
+            raise ValueError("x must be float32 [T, n_embd] with T > 0")
+        out = np.empty((T, self.m.n_vocab), dtype=np.float32)
+        cdef float[:, ::1] ov = out
+        cdef int status
+        with nogil:
+            status = rwkvx_head(&self.m, &x[0, 0], T, &ov[0, 0])
+        self._raise_for(status, "rwkvx_head")
         return out
