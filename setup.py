@@ -74,7 +74,7 @@ def kernel_extension(name, pyx, c_glob):
         + [("RWKVX_HAVE_" + isa.upper(), "1") for isa in compiled],
         extra_compile_args=BASE_FLAGS,
         extra_link_args=["-lpthread"],
-        depends=glob.glob(os.path.join(KERNELS, "*.h")),
+        depends=glob.glob(os.path.join(KERNELS, "**", "*.h"), recursive=True),
     )
     ext.isa_sources = by_isa
     return ext
