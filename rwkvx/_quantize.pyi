@@ -1,0 +1,6 @@
+import numpy as np
+
+SUPPORTED_TYPES: tuple[str, ...]
+
+def row_bytes(type_name: str, n: int) -> int: ...
+def quantize_rows(src: np.ndarray, type_name: str) -> np.ndarray: ...
