@@ -10,8 +10,10 @@ from .errors import (
     ModelFormatError,
     RWKVError,
     StateError,
+    SamplingError,
     TokenError,
 )
+from .perplexity import perplexity  # eager: `rwkvx.perplexity` must stay the function, not the submodule
 
 __version__ = "0.1.0"
 
@@ -27,8 +29,25 @@ def __getattr__(name):
         from .state import State
 
         return State
+    if name == "Tokenizer":
+        from .tokenizer import Tokenizer
+
+        return Tokenizer
+    if name == "Sampler":
+        from .sampling import Sampler
+
+        return Sampler
+    if name == "generate":
+        from .generation import generate
+
+        return generate
+    if name in ("save_state", "load_state"):
+        from . import state_io
+
+        return getattr(state_io, name)
     raise AttributeError(f"module 'rwkvx' has no attribute {name!r}")
 
 
-__all__ = ["BackendError", "MissingTensorError", "Model", "ModelFormatError", "RWKVError", "State",
-           "StateError", "TokenError", "load"]
+__all__ = ["BackendError", "MissingTensorError", "Model", "ModelFormatError", "RWKVError", "Sampler",
+           "SamplingError", "State", "StateError", "TokenError", "Tokenizer", "generate", "load", "load_state",
+           "perplexity", "save_state"]

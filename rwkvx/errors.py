@@ -21,5 +21,9 @@ class StateError(RWKVError, ValueError):
     """A state does not belong to this model (other architecture or shapes), or is malformed."""
 
 
+class SamplingError(RWKVError, ValueError):
+    """A sampling setting is out of range, or the logits leave nothing to sample."""
+
+
 class BackendError(RWKVError, RuntimeError):
     """A compute backend (CPU kernels, GPU) is unavailable or failed."""

@@ -102,7 +102,7 @@ class Model:
         """The architecture's initial state (zeros; v4's pp = -1e30)."""
         data = np.empty(self._core.state_len, dtype=np.float32)
         self._core.init_state(data)
-        return State(data, self.shape)
+        return State(data, self.shape, owner=self)
 
     def forward(self, tokens: int | Sequence[int], state: State | None = None, logits: str | None = "last",
                 inplace: bool = False):
@@ -126,6 +126,12 @@ class Model:
                 state = state.copy()
         out = self._core.forward(ids, state.data, logits)
         return out, state
+
+    def generate(self, prompt, **kwargs):
+        """Stream text after `prompt`: an iterator of str pieces. See rwkvx.generation.generate."""
+        from .generation import generate
+
+        return generate(self, prompt, **kwargs)
 
     def _checked_tokens(self, tokens) -> np.ndarray:
         ids = np.atleast_1d(np.asarray(tokens))

@@ -5,6 +5,8 @@ fields), so a state's buffer can be exchanged with rwkv.cpp byte for byte.
 """
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from .architecture import ModelShape
@@ -17,11 +19,13 @@ class State:
 
     `data` is the float32 buffer [shape.state_len]; `layer(i)` gives named views
     of one layer's part (ffn_xx, att_xx and aa/bb/pp for v4 or heads for v5+).
+    A state made by a model remembers it (weakly), so `save(path)` can record
+    which weights it belongs to.
     """
 
-    __slots__ = ("data", "shape")
+    __slots__ = ("data", "shape", "_owner")
 
-    def __init__(self, data: np.ndarray, shape: ModelShape):
+    def __init__(self, data: np.ndarray, shape: ModelShape, owner=None):
         data = np.asarray(data)
         if data.dtype != np.float32 or data.shape != (shape.state_len,) or not data.flags.c_contiguous:
             raise StateError(
@@ -30,9 +34,30 @@ class State:
             )
         self.data = data
         self.shape = shape
+        self._owner = owner if owner is None or isinstance(owner, weakref.ref) else weakref.ref(owner)
 
     def copy(self) -> "State":
-        return State(self.data.copy(), self.shape)
+        return State(self.data.copy(), self.shape, self._owner)
+
+    def save(self, path, model=None) -> None:
+        """Write this state to `path`, tied to the model that made it (format: rwkvx/state_io.py).
+
+        `model` defaults to the model this state came from.
+        """
+        from .state_io import save_state
+
+        model = model if model is not None else (self._owner() if self._owner is not None else None)
+        if model is None:
+            raise StateError("this state does not know its model (it was not made by one, or the model is "
+                             "gone): pass it, state.save(path, model)")
+        save_state(self, model, path)
+
+    @staticmethod
+    def load(path, model) -> "State":
+        """Read a state saved by State.save; raises StateError unless it belongs to `model`."""
+        from .state_io import load_state
+
+        return load_state(path, model)
 
     def layer(self, i: int):
         """Named views (not copies) of layer i's state."""
