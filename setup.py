@@ -7,6 +7,7 @@ Kernel sources live in rwkvx/_kernels/. A file's ISA is its name suffix:
 the dispatcher picks the variant at run time.
 """
 import glob
+import importlib.util
 import os
 import platform
 
@@ -31,6 +32,9 @@ IS_ARM64 = platform.machine().lower() in ("aarch64", "arm64")
 ISA_ENABLED = {"avx2": IS_X86, "avx512": IS_X86, "neon": IS_ARM64}
 
 
+ISA_SOURCES = {}  # extension name -> {isa: [C files]}, filled by kernel_extension()
+
+
 def isa_of(path):
     stem = os.path.splitext(os.path.basename(path))[0]
     suffix = stem.rsplit("_", 1)[-1]
@@ -41,7 +45,7 @@ class BuildExtWithIsaFiles(build_ext):
     """Compiles each ISA-specific C file with only its own flags, then links it in."""
 
     def build_extension(self, ext):
-        isa_sources = getattr(ext, "isa_sources", {})
+        isa_sources = ISA_SOURCES.get(ext.name, {})  # by name: cythonize() returns new Extension objects
         objects = []
         for isa, sources in isa_sources.items():
             objects += self.compiler.compile(
@@ -76,7 +80,7 @@ def kernel_extension(name, pyx, c_glob):
         extra_link_args=["-lpthread"],
         depends=glob.glob(os.path.join(KERNELS, "**", "*.h"), recursive=True),
     )
-    ext.isa_sources = by_isa
+    ISA_SOURCES[name] = by_isa
     return ext
 
 
@@ -91,6 +95,20 @@ for pyx in sorted(glob.glob(os.path.join("rwkvx", "_*.pyx"))):
 only = [m for m in os.environ.get("RWKVX_BUILD_ONLY", "").split(",") if m]
 if only:
     extensions = [e for e in extensions if e.name.split(".")[-1] in only]
+
+
+def build_cuda_kernels():
+    """Ship the CUDA sources and, when nvcc exists, their PTX (GPU offload is optional: never fatal)."""
+    spec = importlib.util.spec_from_file_location("build_ptx", os.path.join("rwkvx", "cuda", "build_ptx.py"))
+    build_ptx = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build_ptx)  # by path: importing the rwkvx package here would need it built
+    try:
+        build_ptx.build()
+    except (RuntimeError, OSError) as e:
+        print(f"rwkvx: warning: CUDA kernels not compiled to PTX ({e}); PyCUDA will compile them at first use")
+
+
+build_cuda_kernels()
 
 setup(
     ext_modules=cythonize(extensions, language_level=3,

@@ -29,6 +29,14 @@ def __getattr__(name):
         from .state import State
 
         return State
+    if name == "Offload":
+        from .offload import Offload
+
+        return Offload
+    if name == "GPUUnavailableError":
+        from .cuda.errors import GPUUnavailableError
+
+        return GPUUnavailableError
     if name == "Tokenizer":
         from .tokenizer import Tokenizer
 
@@ -48,6 +56,6 @@ def __getattr__(name):
     raise AttributeError(f"module 'rwkvx' has no attribute {name!r}")
 
 
-__all__ = ["BackendError", "MissingTensorError", "Model", "ModelFormatError", "RWKVError", "Sampler",
+__all__ = ["BackendError", "GPUUnavailableError", "MissingTensorError", "Model", "Offload", "ModelFormatError", "RWKVError", "Sampler",
            "SamplingError", "State", "StateError", "TokenError", "Tokenizer", "generate", "load", "load_state",
            "perplexity", "save_state"]

@@ -8,9 +8,42 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
+import numpy as np
+
 from .errors import MissingTensorError, ModelFormatError
 
 ARCHITECTURES = ("v4", "v5.1", "v5.2", "v6", "v7")
+
+# Layer-local names of the tensors the kernels read as weight matrices (straight from the
+# mapped file, in their stored type); every other tensor is a small vector of floats.
+MATRIX_TENSORS = frozenset({
+    "emb.weight", "head.weight",
+    "att.key.weight", "att.value.weight", "att.receptance.weight", "att.output.weight", "att.gate.weight",
+    "att.time_maa_w1", "att.time_maa_w2", "att.time_decay_w1", "att.time_decay_w2",
+    "att.w1", "att.w2", "att.a1", "att.a2", "att.v1", "att.v2", "att.g1", "att.g2",
+    "ffn.key.weight", "ffn.value.weight", "ffn.receptance.weight",
+})
+
+
+def layer_local_name(name: str) -> str:
+    """'blocks.3.att.key.weight' -> 'att.key.weight'; global names (emb, ln0, ln_out, head) unchanged."""
+    if name.startswith("blocks.") and not name.startswith("blocks.0.ln0."):
+        return name.split(".", 2)[2]
+    return name
+
+
+def canonical_vector(name: str, array: np.ndarray, shape: "ModelShape") -> np.ndarray:
+    """Flatten a parameter vector to the per-channel float32 form the kernels read.
+
+    v5.1 stores time_first and time_decay once per head: repeat them over the head's channels.
+    """
+    vector = np.ascontiguousarray(array, dtype=np.float32).reshape(-1)
+    if shape.arch == "v5.1" and layer_local_name(name) in ("att.time_first", "att.time_decay"):
+        vector = np.repeat(vector, shape.head_size)
+    expected = 6 * shape.n_embd if name.endswith("att.x_rwkvag") else shape.n_embd
+    if vector.size != expected:
+        raise ModelFormatError(f"tensor {name!r} has {vector.size} values, expected {expected}")
+    return vector
 
 
 def detect_arch(names) -> str:

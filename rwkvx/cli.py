@@ -234,7 +234,7 @@ def _mib(n: int) -> str:
 def info_command(args) -> int:
     from .architecture import infer_shape
     from .formats.rwkvcpp import RwkvCppFile
-    from .model import MATRIX_TENSORS
+    from .architecture import MATRIX_TENSORS
 
     source = RwkvCppFile(args.model)
     shape = infer_shape({name: t.shape for name, t in source.tensors.items()}, source.path)

@@ -7,42 +7,12 @@ from typing import Sequence
 import numpy as np
 
 from . import _core
-from .architecture import ModelShape, expected_tensors, infer_shape
+from .architecture import MATRIX_TENSORS, ModelShape, canonical_vector, expected_tensors, infer_shape, layer_local_name
 from .errors import ModelFormatError, StateError, TokenError
 from .formats.rwkvcpp import RwkvCppFile
 from .state import State
 
-# Tensors the kernels read as weight matrices, straight from the mapped file;
-# every other tensor is a small vector, copied once into float32.
-MATRIX_TENSORS = frozenset({
-    "emb.weight", "head.weight",
-    "att.key.weight", "att.value.weight", "att.receptance.weight", "att.output.weight", "att.gate.weight",
-    "att.time_maa_w1", "att.time_maa_w2", "att.time_decay_w1", "att.time_decay_w2",
-    "att.w1", "att.w2", "att.a1", "att.a2", "att.v1", "att.v2", "att.g1", "att.g2",
-    "ffn.key.weight", "ffn.value.weight", "ffn.receptance.weight",
-})
 LOGITS_MODES = (None, "last", "all")
-
-
-def _layer_local(name: str) -> str:
-    """'blocks.3.att.key.weight' -> 'att.key.weight'; global names unchanged."""
-    if name.startswith("blocks.") and not name.startswith("blocks.0.ln0."):
-        return name.split(".", 2)[2]
-    return name
-
-
-def _canonical_vector(name: str, array: np.ndarray, shape: ModelShape) -> np.ndarray:
-    """Flatten a parameter vector to the per-channel float32 form the kernels read.
-
-    v5.1 stores time_first and time_decay once per head: repeat them over the head's channels.
-    """
-    vector = np.ascontiguousarray(array, dtype=np.float32).reshape(-1)
-    if shape.arch == "v5.1" and _layer_local(name) in ("att.time_first", "att.time_decay"):
-        vector = np.repeat(vector, shape.head_size)
-    expected = 6 * shape.n_embd if name.endswith("att.x_rwkvag") else shape.n_embd
-    if vector.size != expected:
-        raise ModelFormatError(f"tensor {name!r} has {vector.size} values, expected {expected}")
-    return vector
 
 
 class Model:
@@ -52,7 +22,7 @@ class Model:
     "Q4_0", ...), shape (rwkvx.architecture.ModelShape), path, threads.
     """
 
-    def __init__(self, source: RwkvCppFile, threads: int | None = None):
+    def __init__(self, source: RwkvCppFile, threads: int | None = None, offload=None):
         self.source = source
         self.path = source.path
         self.shape = infer_shape({name: info.shape for name, info in source.tensors.items()}, source.path)
@@ -60,6 +30,10 @@ class Model:
         self.threads = _resolve_threads(threads)
         self._check_header(source)
         self._core = self._build_core(source, self.shape)
+        from .offload import Offload  # policy objects only: never imports pycuda
+
+        self.offload_plan = (offload if offload is not None else Offload()).plan(self)
+        self._runner = self.offload_plan.open(self)  # None when everything runs on the CPU
 
     arch = property(lambda self: self.shape.arch)
     n_vocab = property(lambda self: self.shape.n_vocab)
@@ -88,13 +62,13 @@ class Model:
                                shape.n_head, shape.head_size)
         for name in expected_tensors(shape):
             info = source.tensors[name]
-            local = _layer_local(name)
+            local = layer_local_name(name)
             layer = int(name.split(".")[1]) if local != name else -1
             if local in MATRIX_TENSORS:
                 n_rows = info.n_elements // info.ne[0]
                 core.set_tensor(layer, local, source.raw(name), info.type.id, info.ne[0], n_rows)
             else:
-                vector = _canonical_vector(name, source.array(name), shape)
+                vector = canonical_vector(name, source.array(name), shape)
                 core.set_tensor(layer, local, vector, 0, vector.size, 1)
         return core
 
@@ -124,7 +98,10 @@ class Model:
             state.check_fits(self.shape)
             if not inplace:
                 state = state.copy()
-        out = self._core.forward(ids, state.data, logits)
+        if self._runner is None:
+            out = self._core.forward(ids, state.data, logits)
+        else:
+            out = self._runner.forward(ids, state, logits)
         return out, state
 
     def generate(self, prompt, **kwargs):
@@ -154,6 +131,9 @@ def _resolve_threads(threads: int | None) -> int:
     return threads
 
 
-def load(path: str | os.PathLike, threads: int | None = None) -> Model:
-    """Load an rwkv.cpp model file (.bin). threads=None uses all cores."""
-    return Model(RwkvCppFile(path), threads=threads)
+def load(path: str | os.PathLike, threads: int | None = None, offload=None) -> Model:
+    """Load an rwkv.cpp model file (.bin). threads=None uses all cores.
+
+    offload: an rwkvx.Offload policy placing layers and the head on a GPU (default: all on the CPU).
+    """
+    return Model(RwkvCppFile(path), threads=threads, offload=offload)

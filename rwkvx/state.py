@@ -23,7 +23,7 @@ class State:
     which weights it belongs to.
     """
 
-    __slots__ = ("data", "shape", "_owner")
+    __slots__ = ("_data", "shape", "_owner", "_device", "__weakref__")
 
     def __init__(self, data: np.ndarray, shape: ModelShape, owner=None):
         data = np.asarray(data)
@@ -32,9 +32,26 @@ class State:
                 f"state buffer must be a contiguous float32 array of shape ({shape.state_len},) for this "
                 f"{shape.arch} model; got {data.dtype} {data.shape}"
             )
-        self.data = data
+        self._data = data
         self.shape = shape
+        self._device = None  # a device link while offloaded layers hold newer values (GPU offload)
         self._owner = owner if owner is None or isinstance(owner, weakref.ref) else weakref.ref(owner)
+
+    @property
+    def data(self) -> np.ndarray:
+        """The float32 buffer. If offloaded layers keep their part on a GPU, reading this syncs it first."""
+        if self._device is not None:
+            link, self._device = self._device, None
+            link.pull(self._data)
+        return self._data
+
+    def _host_buffer(self) -> np.ndarray:
+        """The buffer without syncing (for the model and offload runner only)."""
+        return self._data
+
+    def _attach_device(self, link) -> None:
+        """Mark that `link` holds newer values of part of this state; `link.pull(buffer)` copies them back."""
+        self._device = link
 
     def copy(self) -> "State":
         return State(self.data.copy(), self.shape, self._owner)
