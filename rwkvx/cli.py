@@ -224,6 +224,12 @@ def chat_command(args) -> int:
 
 def _info_arguments(p):
     p.add_argument("model", metavar="MODEL", help="rwkv.cpp .bin model file")
+    p.add_argument("--offload", metavar="LAYERS", type=_offload_layers,
+                   help="also print the GPU offload plan: LAYERS is a count of last layers, 'all' or 'auto'")
+    p.add_argument("--offload-head", choices=("auto", "on", "off"), default="auto",
+                   help="place the head on the GPU: auto (when layers are offloaded and it fits), on, off")
+    p.add_argument("--max-memory", type=_positive_int, metavar="MIB",
+                   help="GPU memory budget in MiB for the plan (needed for 'auto' without a GPU)")
 
 
 def _mib(n: int) -> str:
@@ -232,9 +238,8 @@ def _mib(n: int) -> str:
 
 @command("info", "architecture, shapes, data types, size and estimated memory of a model file", _info_arguments)
 def info_command(args) -> int:
-    from .architecture import infer_shape
+    from .architecture import MATRIX_TENSORS, infer_shape, layer_local_name
     from .formats.rwkvcpp import RwkvCppFile
-    from .architecture import MATRIX_TENSORS
 
     source = RwkvCppFile(args.model)
     shape = infer_shape({name: t.shape for name, t in source.tensors.items()}, source.path)
@@ -244,8 +249,7 @@ def info_command(args) -> int:
     for name, t in source.tensors.items():
         by_type[t.type.name] += 1
         bytes_by_type[t.type.name] += t.nbytes
-        local = name.split(".", 2)[2] if name.startswith("blocks.") else name
-        if local in MATRIX_TENSORS:
+        if layer_local_name(name) in MATRIX_TENSORS:
             mapped += t.nbytes
         else:  # small vectors are copied into float32 at load (v5.1 repeats per-head values per channel)
             copied += 4 * (t.n_elements * (shape.head_size if shape.arch == "v5.1" else 1))
@@ -277,7 +281,31 @@ def info_command(args) -> int:
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
+    if args.offload is not None:
+        print(_offload_plan(args).describe())
     return 0
+
+
+def _offload_plan(args):
+    from .model import load
+    from .offload import Offload
+
+    max_memory = args.max_memory * 2**20 if args.max_memory else None
+    head = {"auto": "auto", "on": True, "off": False}[args.offload_head]
+    if args.offload == "auto":
+        policy = Offload.auto(max_memory=max_memory)
+    else:
+        policy = Offload(layers=args.offload, head=head, max_memory=max_memory)
+    return policy.plan(load(args.model))
+
+
+def _offload_layers(text: str):
+    """--offload value: 'all', 'auto' or a count of layers (>= 0)."""
+    if text in ("all", "auto"):
+        return text
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a layer count, 'all' or 'auto', not {text!r}")
+    return int(text)
 
 
 # ---- perplexity ---------------------------------------------------------------------------------

@@ -152,6 +152,25 @@ def test_info(path):
     assert "memory" in fields
 
 
+@pytest.mark.parametrize("layers,cpu_line,gpu_line", [("4", "layers 0-7", "layers 8-11"),
+                                                        ("all", None, "layers 0-11"), ("0", "layers 0-11", None)])
+def test_info_prints_the_offload_plan(layers, cpu_line, gpu_line):
+    result = run("info", DEMO_MODEL, "--offload", layers, "--max-memory", "100")
+    assert result.returncode == 0, result.stderr
+    plan = result.stdout[result.stdout.index("offload plan"):]
+    if cpu_line:
+        assert re.search(rf"{cpu_line}\s+on cpu", plan), plan
+    if gpu_line:
+        assert re.search(rf"{gpu_line}\s+on cuda:0", plan), plan
+    assert re.search(r"head\s+on " + ("cuda:0" if gpu_line else "cpu"), plan), plan
+    assert "copies per call" in plan
+
+
+def test_info_rejects_a_bad_offload_value():
+    result = run("info", DEMO_MODEL, "--offload", "many")
+    assert result.returncode == 2 and "layer count" in result.stderr and "Traceback" not in result.stderr
+
+
 # ---- perplexity ---------------------------------------------------------------------------------
 
 

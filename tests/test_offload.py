@@ -290,10 +290,6 @@ def test_without_pycuda_offload_raises_a_backend_error_that_says_what_to_do():
     assert Offload(layers=0).plan(model).open(model) is None  # nothing offloaded: no backend needed
     with pytest.raises(GPUUnavailableError):
         Offload.auto().plan(model)  # auto without max_memory has to ask the device
-    import inspect
-
-    if "offload" not in inspect.signature(rwkvx.load).parameters:
-        pytest.skip("rwkvx.load(..., offload=) is not wired in model.py yet")
     with pytest.raises(GPUUnavailableError, match="PyCUDA is not installed"):
         rwkvx.load(os.path.join(TINY, "tiny-rwkv-4v0-660K-FP32.bin"), offload=Offload(layers="all"))
 
