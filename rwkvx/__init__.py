@@ -37,6 +37,14 @@ def __getattr__(name):
         from .cuda.errors import GPUUnavailableError
 
         return GPUUnavailableError
+    if name == "convert":
+        from .formats.convert import convert
+
+        return convert
+    if name == "quantize":
+        from .formats.quantize import quantize_file
+
+        return quantize_file
     if name == "Tokenizer":
         from .tokenizer import Tokenizer
 
@@ -56,6 +64,6 @@ def __getattr__(name):
     raise AttributeError(f"module 'rwkvx' has no attribute {name!r}")
 
 
-__all__ = ["BackendError", "GPUUnavailableError", "MissingTensorError", "Model", "Offload", "ModelFormatError", "RWKVError", "Sampler",
-           "SamplingError", "State", "StateError", "TokenError", "Tokenizer", "generate", "load", "load_state",
-           "perplexity", "save_state"]
+__all__ = ["BackendError", "GPUUnavailableError", "MissingTensorError", "Model", "ModelFormatError", "Offload",
+           "RWKVError", "Sampler", "SamplingError", "State", "StateError", "TokenError", "Tokenizer", "convert",
+           "generate", "load", "load_state", "perplexity", "quantize", "save_state"]

@@ -36,7 +36,7 @@ EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 TOKENIZER_CHOICES = ("auto", "world", "20b", "bytes")
 # Modules that register more commands (convert, quantize, bench, ...) when imported.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("rwkvx.cli_formats",)
 
 
 @dataclass(frozen=True)

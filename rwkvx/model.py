@@ -131,9 +131,14 @@ def _resolve_threads(threads: int | None) -> int:
     return threads
 
 
-def load(path: str | os.PathLike, threads: int | None = None, offload=None) -> Model:
-    """Load an rwkv.cpp model file (.bin). threads=None uses all cores.
+def load(path: str | os.PathLike, threads: int | None = None, offload=None, dtype: str | None = None) -> Model:
+    """Load an rwkv.cpp .bin (memory-mapped) or a PyTorch .pth / .safetensors checkpoint (converted in memory).
 
+    threads: CPU threads (None: all cores).
     offload: an rwkvx.Offload policy placing layers and the head on a GPU (default: all on the CPU).
+    dtype: None keeps a .bin as stored and loads a checkpoint as FP32; "FP32", "FP16", "Q8_0", "Q5_1",
+    "Q5_0", "Q4_1" or "Q4_0" stores the weights as that type on load (quantized as `rwkvx quantize` does).
     """
-    return Model(RwkvCppFile(path), threads=threads, offload=offload)
+    from .formats.checkpoint import open_model_source
+
+    return Model(open_model_source(path, dtype=dtype), threads=threads, offload=offload)

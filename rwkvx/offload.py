@@ -39,6 +39,7 @@ from typing import Iterable, Sequence
 from .architecture import MATRIX_TENSORS, ModelShape, expected_tensors, layer_local_name
 from .errors import RWKVError
 from .formats.ggml_types import QUANTIZED_TYPES, ggml_type
+from .formats.checkpoint import FP16_KEEP_SUBSTRINGS
 from .formats.quantize import KEEP_NAMES, KEEP_SUBSTRINGS
 
 GPU_CHUNK_TOKENS = 64  # tokens the device workspace is sized for; longer inputs run in chunks
@@ -46,7 +47,6 @@ FLOAT_BYTES = 4
 FILE_TYPES = ("FP32", "FP16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
 
 # rwkv.cpp keeps these FP32 in FP16 files (name fragments), and these out of quantization.
-_FP16_EXEMPT = (".time_", ".k_k", ".k_a", ".r_k", ".x_rwkvag", ".x_k", ".w0", ".a0", ".v0")
 
 
 class OffloadPolicyError(RWKVError, ValueError):
@@ -55,7 +55,7 @@ class OffloadPolicyError(RWKVError, ValueError):
 
 def _estimated_matrix_bytes(name: str, n_elements: int, file_type: str) -> int:
     """Bytes of a matrix in a file of the given main type, by rwkv.cpp's converter/quantizer rules."""
-    source = "FP32" if file_type == "FP32" or any(f in name for f in _FP16_EXEMPT) else "FP16"
+    source = "FP32" if file_type == "FP32" or any(f in name for f in FP16_KEEP_SUBSTRINGS) else "FP16"
     quantizable = name not in KEEP_NAMES and not any(f in name for f in KEEP_SUBSTRINGS)
     if file_type in QUANTIZED_TYPES and quantizable and not name.endswith("att.time_maa_w2"):  # 3-D: kept
         return ggml_type(file_type).nbytes(n_elements)
