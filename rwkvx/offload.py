@@ -46,7 +46,6 @@ GPU_CHUNK_TOKENS = 64  # tokens the device workspace is sized for; longer inputs
 FLOAT_BYTES = 4
 FILE_TYPES = ("FP32", "FP16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
 
-# rwkv.cpp keeps these FP32 in FP16 files (name fragments), and these out of quantization.
 
 
 class OffloadPolicyError(RWKVError, ValueError):
