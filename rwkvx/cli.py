@@ -70,7 +70,7 @@ def _positive_int(text: str) -> int:
 
 def _add_model_options(p: argparse.ArgumentParser, demo_default: bool = True) -> None:
     where = f" (default: the bundled demo model {DEMO_MODEL.name})" if demo_default else ""
-    p.add_argument("--model", "-m", metavar="PATH", default=None, help="rwkv.cpp .bin model file" + where)
+    p.add_argument("--model", "-m", metavar="PATH", default=None, help="model file: rwkv.cpp .bin, .pth or .safetensors" + where)
     p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--tokenizer", choices=TOKENIZER_CHOICES, default="auto",
                    help="tokenizer (default: chosen from the model's vocabulary size)")
@@ -223,7 +223,7 @@ def chat_command(args) -> int:
 
 
 def _info_arguments(p):
-    p.add_argument("model", metavar="MODEL", help="rwkv.cpp .bin model file")
+    p.add_argument("model", metavar="MODEL", help="model file: rwkv.cpp .bin, .pth or .safetensors")
     p.add_argument("--offload", metavar="LAYERS", type=_offload_layers,
                    help="also print the GPU offload plan: LAYERS is a count of last layers, 'all' or 'auto'")
     p.add_argument("--offload-head", choices=("auto", "on", "off"), default="auto",
@@ -239,9 +239,11 @@ def _mib(n: int) -> str:
 @command("info", "architecture, shapes, data types, size and estimated memory of a model file", _info_arguments)
 def info_command(args) -> int:
     from .architecture import MATRIX_TENSORS, infer_shape, layer_local_name
+    from .formats.checkpoint import open_model_source
     from .formats.rwkvcpp import RwkvCppFile
 
-    source = RwkvCppFile(args.model)
+    source = open_model_source(args.model)
+    is_bin = isinstance(source, RwkvCppFile)
     shape = infer_shape({name: t.shape for name, t in source.tensors.items()}, source.path)
     by_type: Counter = Counter()
     bytes_by_type: Counter = Counter()
@@ -257,8 +259,9 @@ def info_command(args) -> int:
     logits_bytes = 4 * shape.n_vocab
     rows = [
         ("file", source.path),
-        ("size", _mib(source.size)),
-        ("format", f"rwkv.cpp version {source.header.version}, data type {source.header.data_type.name}"),
+        ("size", _mib(os.path.getsize(source.path))),
+        ("format", f"rwkv.cpp version {source.header.version}, data type {source.header.data_type.name}"
+         if is_bin else f"PyTorch checkpoint, converted in memory to {source.header.data_type.name}"),
         ("arch", shape.arch),
         ("n_vocab", shape.n_vocab),
         ("n_embd", shape.n_embd),
@@ -273,7 +276,7 @@ def info_command(args) -> int:
         rows.append((f"  {type_name}", f"{count} tensors, {_mib(bytes_by_type[type_name])}"))
     rows += [
         ("memory", f"~{_mib(mapped + copied + state_bytes + logits_bytes)} estimated:"),
-        ("  weights", f"{_mib(mapped)} memory-mapped from the file"),
+        ("  weights", f"{_mib(mapped)} " + ("memory-mapped from the file" if is_bin else "in memory")),
         ("  vectors", f"{_mib(copied)} float32 copies"),
         ("  state", f"{_mib(state_bytes)} per sequence ({shape.state_len} float32)"),
         ("  logits", f"{_mib(logits_bytes)} per token of output"),
@@ -312,7 +315,7 @@ def _offload_layers(text: str):
 
 
 def _perplexity_arguments(p):
-    p.add_argument("model", metavar="MODEL", help="rwkv.cpp .bin model file")
+    p.add_argument("model", metavar="MODEL", help="model file: rwkv.cpp .bin, .pth or .safetensors")
     p.add_argument("textfile", metavar="TEXTFILE", help="text to score (read as bytes)")
     p.add_argument("--chunk", type=_positive_int, default=256, help="tokens per forward call (default 256)")
     p.add_argument("--limit", type=_positive_int, default=None, help="score only the first N tokens")
@@ -357,13 +360,13 @@ def _tokenize_arguments(p):
 
 @command("tokenize", "print the token ids of TEXT", _tokenize_arguments)
 def tokenize_command(args) -> int:
-    from .formats.rwkvcpp import RwkvCppFile
+    from .formats.checkpoint import open_model_source
 
     if args.model:
         # The header is enough: no need to build the model.
         from .tokenizer import Tokenizer
 
-        tokenizer = Tokenizer.for_vocab_size(RwkvCppFile(args.model).header.n_vocab)
+        tokenizer = Tokenizer.for_vocab_size(open_model_source(args.model).header.n_vocab)
     else:
         tokenizer = _tokenizer(args.tokenizer or "world")
     ids = tokenizer.encode(args.text)
