@@ -29,6 +29,10 @@ def __getattr__(name):
         from .state import State
 
         return State
+    if name == "cpu_info":
+        from .cpu import cpu_info
+
+        return cpu_info
     if name == "Offload":
         from .offload import Offload
 
@@ -66,4 +70,4 @@ def __getattr__(name):
 
 __all__ = ["BackendError", "GPUUnavailableError", "MissingTensorError", "Model", "ModelFormatError", "Offload",
            "RWKVError", "Sampler", "SamplingError", "State", "StateError", "TokenError", "Tokenizer", "convert",
-           "generate", "load", "load_state", "perplexity", "quantize", "save_state"]
+           "cpu_info", "generate", "load", "load_state", "perplexity", "quantize", "save_state"]

@@ -9,9 +9,18 @@ from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport calloc, free
 from libc.stddef cimport size_t
 
+import os
+
 import numpy as np
 
 from .errors import BackendError, TokenError
+
+cdef extern from "pool.h" nogil:
+    ctypedef struct rwkvx_pool:
+        pass
+    rwkvx_pool *rwkvx_pool_create(int32_t n_threads)
+    void rwkvx_pool_destroy(rwkvx_pool *pool)
+    int32_t rwkvx_pool_size(const rwkvx_pool *pool)
 
 cdef extern from "rwkvx.h" nogil:
     enum: RWKVX_N_GLOBAL_SLOTS
@@ -35,8 +44,11 @@ cdef extern from "rwkvx.h" nogil:
 
     ctypedef struct rwkvx_model:
         int32_t arch, n_vocab, n_embd, n_layer, n_ffn, n_head, head_size
+        float group_norm_eps
         rwkvx_tensor globals[RWKVX_N_GLOBAL_SLOTS]
         rwkvx_layer *layers
+        rwkvx_pool *pool
+        int64_t parallel_min_bytes
 
     const char *const rwkvx_global_slot_names[]
     const char *const rwkvx_layer_slot_names[]
@@ -51,9 +63,23 @@ cdef extern from "rwkvx.h" nogil:
     int rwkvx_head(const rwkvx_model *m, const float *x, int64_t n_tokens, float *logits)
 
 cdef extern from "kernels.h" nogil:
+    ctypedef void (*rwkvx_matmul_fn)(const rwkvx_tensor *w, const float *x, int64_t ldx,
+                                     int64_t n_tokens, float *y, int64_t ldy)
     ctypedef struct rwkvx_kernel_table:
         const char *isa
+        rwkvx_matmul_fn matmul
     const rwkvx_kernel_table *rwkvx_kernels
+    enum: RWKVX_ISA_OK
+    enum: RWKVX_ISA_UNKNOWN
+    enum: RWKVX_ISA_NOT_COMPILED
+    enum: RWKVX_ISA_NOT_SUPPORTED
+    int rwkvx_select_isa(const char *name)
+    const rwkvx_kernel_table *rwkvx_kernel_table_for(const char *name)
+    int rwkvx_isa_compiled(const char *name)
+    int rwkvx_isa_supported(const char *name)
+    int rwkvx_cpu_feature_count()
+    const char *rwkvx_cpu_feature_name(int i)
+    int rwkvx_cpu_feature_present(int i)
 
 ARCH_IDS = {"v4": 4, "v5.1": 51, "v5.2": 52, "v6": 6, "v7": 7}
 GLOBAL_SLOTS = tuple(rwkvx_global_slot_names[i].decode() for i in range(RWKVX_N_GLOBAL_SLOTS))
@@ -63,9 +89,94 @@ _LAYER_INDEX = {name: i for i, name in enumerate(LAYER_SLOTS)}
 _LOGITS_MODES = {None: RWKVX_LOGITS_NONE, "last": RWKVX_LOGITS_LAST, "all": RWKVX_LOGITS_ALL}
 
 
+# Kernel levels, best first. RWKVX_ISA (read once, here, at import) forces one.
+ISA_LEVELS = ("avx512", "avx2", "neon", "scalar")
+ISA_ENV = "RWKVX_ISA"
+# Products smaller than this (weight bytes x tokens) run on the calling thread:
+# waking the pool costs more than it saves.
+DEFAULT_PARALLEL_MIN_BYTES = 64 * 1024
+
+
+def _select_isa_from_env():
+    forced = os.environ.get(ISA_ENV, "").strip().lower()
+    status = rwkvx_select_isa(forced.encode())
+    if status == RWKVX_ISA_OK:
+        return forced or None
+    why = {RWKVX_ISA_UNKNOWN: f"unknown level; valid values are {', '.join(ISA_LEVELS)}",
+           RWKVX_ISA_NOT_COMPILED: f"this build has no {forced} kernels (compiled: {', '.join(compiled_isas())})",
+           RWKVX_ISA_NOT_SUPPORTED: f"this CPU or OS does not support {forced} "
+                                    f"(usable here: {', '.join(supported_isas())})"}[status]
+    raise BackendError(f"{ISA_ENV}={os.environ[ISA_ENV]!r}: {why}")
+
+
 def active_isa():
-    """Name of the kernel set in use ("scalar", ...)."""
+    """Name of the kernel set in use ("scalar", "avx2", "avx512", "neon")."""
     return rwkvx_kernels.isa.decode()
+
+
+def compiled_isas():
+    """Levels this build has kernels for, best first (scalar always)."""
+    return [name for name in ISA_LEVELS if rwkvx_isa_compiled(name.encode())]
+
+
+def supported_isas():
+    """Levels both compiled and runnable on this CPU and OS, best first."""
+    return [name for name in ISA_LEVELS if rwkvx_kernel_table_for(name.encode()) != NULL]
+
+
+def cpu_features():
+    """{feature name: bool} as detected by CPUID + XCR0 (x86) or HWCAP (aarch64)."""
+    return {rwkvx_cpu_feature_name(i).decode(): bool(rwkvx_cpu_feature_present(i))
+            for i in range(rwkvx_cpu_feature_count())}
+
+
+FORCED_ISA = _select_isa_from_env()
+
+
+def read_bytes(const unsigned char[::1] buf):
+    """Read every 8-byte word of buf (length a multiple of 8) once, GIL released; returns their xor.
+
+    A streaming-read probe for measuring memory bandwidth (the benchmark calls it from several
+    Python threads at once); the xor keeps the compiler from skipping the reads.
+    """
+    cdef const unsigned long long *p = <const unsigned long long *>&buf[0]
+    cdef size_t n = <size_t>buf.shape[0] // 8, i
+    cdef unsigned long long a = 0, b = 0, c = 0, d = 0
+    with nogil:
+        i = 0
+        while i + 4 <= n:
+            a ^= p[i]
+            b ^= p[i + 1]
+            c ^= p[i + 2]
+            d ^= p[i + 3]
+            i += 4
+    return a ^ b ^ c ^ d
+
+
+def matmul_with(str isa, int type_id, raw, int n_in, int n_rows, const float[:, ::1] x):
+    """y float32 [T, n_rows] = W x[t] with one level's kernel (for tests and benchmarks).
+
+    raw: uint8 buffer of n_rows rows of n_in weights of type_id, at any byte offset.
+    x: float32 [T, n_in]. Raises BackendError if the level is not usable here.
+    """
+    cdef const rwkvx_kernel_table *table = rwkvx_kernel_table_for(isa.encode())
+    if table == NULL:
+        raise BackendError(f"kernel level {isa!r} is not usable here (usable: {', '.join(supported_isas())})")
+    cdef const unsigned char[::1] view = raw
+    cdef size_t need = rwkvx_row_bytes(type_id, n_in) * <size_t>n_rows
+    if n_in <= 0 or n_rows <= 0 or need == 0 or <size_t>view.shape[0] != need:
+        raise ValueError(f"raw has {view.shape[0]} bytes, expected {need} for {n_rows} rows of {n_in}")
+    if x.shape[0] == 0 or x.shape[1] != n_in:
+        raise ValueError(f"x must be float32 [T, {n_in}] with T > 0")
+    cdef rwkvx_tensor w
+    w.data = &view[0]
+    w.type, w.n_in, w.n_rows = type_id, n_in, n_rows
+    out = np.empty((x.shape[0], n_rows), dtype=np.float32)
+    cdef float[:, ::1] ov = out
+    cdef int64_t T = x.shape[0]
+    with nogil:
+        table.matmul(&w, &x[0, 0], n_in, T, &ov[0, 0], n_rows)
+    return out
 
 
 def row_bytes(int type_id, size_t n):
@@ -80,7 +191,8 @@ cdef class CoreModel:
     cdef list _keep
     cdef readonly size_t state_len
 
-    def __cinit__(self, str arch, int n_vocab, int n_embd, int n_layer, int n_ffn, int n_head, int head_size):
+    def __cinit__(self, str arch, int n_vocab, int n_embd, int n_layer, int n_ffn, int n_head, int head_size,
+                  threads=None, float group_norm_eps=64e-5):
         if arch not in ARCH_IDS:
             raise ValueError(f"unknown architecture {arch!r}")
         if min(n_vocab, n_embd, n_layer, n_ffn, n_head, head_size) <= 0 or n_head * head_size != n_embd:
@@ -88,14 +200,44 @@ cdef class CoreModel:
         self.m.arch = ARCH_IDS[arch]
         self.m.n_vocab, self.m.n_embd, self.m.n_layer = n_vocab, n_embd, n_layer
         self.m.n_ffn, self.m.n_head, self.m.head_size = n_ffn, n_head, head_size
+        self.m.group_norm_eps = group_norm_eps
         self.m.layers = <rwkvx_layer *>calloc(n_layer, sizeof(rwkvx_layer))
         if self.m.layers == NULL:
             raise MemoryError()
         self._keep = []
         self.state_len = rwkvx_state_floats_per_layer(&self.m) * n_layer
+        self.set_threads(threads)
 
     def __dealloc__(self):
+        rwkvx_pool_destroy(self.m.pool)
         free(self.m.layers)
+
+    def set_threads(self, threads=None, int64_t parallel_min_bytes=DEFAULT_PARALLEL_MIN_BYTES):
+        """Use `threads` threads (the caller included) for matrix products; None: physical cores.
+
+        The worker pool is created here, once, and lives as long as this object. Products of fewer
+        than parallel_min_bytes (weight bytes x tokens) stay on the calling thread.
+        """
+        if threads is None:
+            from .cpu import physical_cores
+            threads = physical_cores()
+        if not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+        if parallel_min_bytes < 0:
+            raise ValueError("parallel_min_bytes must be >= 0")
+        cdef rwkvx_pool *pool = NULL
+        if threads > 1:
+            pool = rwkvx_pool_create(threads)
+            if pool == NULL:
+                raise BackendError(f"could not start {threads} threads")
+        rwkvx_pool_destroy(self.m.pool)
+        self.m.pool = pool
+        self.m.parallel_min_bytes = parallel_min_bytes
+
+    @property
+    def threads(self):
+        """Threads used for matrix products, the caller included."""
+        return rwkvx_pool_size(self.m.pool)
 
     def set_tensor(self, int layer, str slot, array, int type_id, int n_in, int n_rows):
         """Point a slot at a C-contiguous buffer holding n_rows rows of n_in weights of type_id.

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "pool.h"
 
 #define RWKVX_MAX_CHUNK 128 /* tokens per internal chunk: bounds scratch memory */
 
@@ -31,8 +32,38 @@ static float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 static const float *vec(const rwkvx_layer *L, int slot) { return (const float *)L->t[slot].data; }
 static const rwkvx_tensor *mat(const rwkvx_layer *L, int slot) { return &L->t[slot]; }
 
-static void matmul(const rwkvx_tensor *w, const float *x, int64_t ldx, int64_t T, float *y, int64_t ldy) {
-    rwkvx_kernels->matmul(w, x, ldx, T, y, ldy);
+/* Rows per share boundary: 16 floats of a T=1 output are one cache line, so
+ * threads never write the same line. */
+#define RWKVX_ROW_GRAIN 16
+
+typedef struct matmul_job {
+    const rwkvx_tensor *w;
+    const float *x;
+    int64_t ldx, T;
+    float *y;
+    int64_t ldy;
+} matmul_job;
+
+/* Rows [begin, end) of a product: the same kernel on a slice of the matrix, so
+ * every output element is computed exactly as without threads. */
+static void matmul_rows(void *ctx, int64_t begin, int64_t end) {
+    const matmul_job *job = ctx;
+    const rwkvx_tensor *w = job->w;
+    const size_t row_bytes = rwkvx_row_bytes(w->type, (size_t)w->n_in);
+    const rwkvx_tensor part = {(const uint8_t *)w->data + (size_t)begin * row_bytes, w->type, w->n_in,
+                               (int32_t)(end - begin)};
+    rwkvx_kernels->matmul(&part, job->x, job->ldx, job->T, job->y + begin, job->ldy);
+}
+
+static void matmul(const rwkvx_model *m, const rwkvx_tensor *w, const float *x, int64_t ldx, int64_t T, float *y,
+                   int64_t ldy) {
+    const int64_t bytes = (int64_t)rwkvx_row_bytes(w->type, (size_t)w->n_in) * w->n_rows * T;
+    if (m->pool == NULL || bytes < m->parallel_min_bytes) {
+        rwkvx_kernels->matmul(w, x, ldx, T, y, ldy);
+        return;
+    }
+    matmul_job job = {w, x, ldx, T, y, ldy};
+    rwkvx_pool_run(m->pool, matmul_rows, &job, w->n_rows, RWKVX_ROW_GRAIN);
 }
 
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -107,14 +138,14 @@ static void channel_mix(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
         lerp_mix(f, q, vec(L, RWKVX_FFN_MIX_K), T, C, xk);
         lerp_mix(f, q, vec(L, RWKVX_FFN_MIX_R), T, C, xr);
     }
-    matmul(mat(L, RWKVX_FFN_K), xk, C, T, s->hidden, F);
+    matmul(m, mat(L, RWKVX_FFN_K), xk, C, T, s->hidden, F);
     for (int64_t i = 0; i < T * F; i++) {
         const float h = s->hidden[i] > 0.0f ? s->hidden[i] : 0.0f;
         s->hidden[i] = h * h;
     }
-    matmul(mat(L, RWKVX_FFN_V), s->hidden, F, T, s->out, C);
+    matmul(m, mat(L, RWKVX_FFN_V), s->hidden, F, T, s->out, C);
     if (m->arch != RWKVX_ARCH_V7) {
-        matmul(mat(L, RWKVX_FFN_R), xr, C, T, s->r, C);
+        matmul(m, mat(L, RWKVX_FFN_R), xr, C, T, s->r, C);
         for (int64_t i = 0; i < T * C; i++) s->out[i] *= sigmoidf(s->r[i]);
     }
     add_rows(x, s->out, T * C);
@@ -128,13 +159,13 @@ static void time_mix_v4(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
     lerp_mix(s->a, s->prev, vec(L, RWKVX_ATT_MIX_K), T, C, xk);
     lerp_mix(s->a, s->prev, vec(L, RWKVX_ATT_MIX_V), T, C, xv);
     lerp_mix(s->a, s->prev, vec(L, RWKVX_ATT_MIX_R), T, C, xr);
-    matmul(mat(L, RWKVX_ATT_K), xk, C, T, s->k, C);
-    matmul(mat(L, RWKVX_ATT_V), xv, C, T, s->v, C);
-    matmul(mat(L, RWKVX_ATT_R), xr, C, T, s->r, C);
+    matmul(m, mat(L, RWKVX_ATT_K), xk, C, T, s->k, C);
+    matmul(m, mat(L, RWKVX_ATT_V), xv, C, T, s->v, C);
+    matmul(m, mat(L, RWKVX_ATT_R), xr, C, T, s->r, C);
     rwkvx_wkv4_ref(T, C, s->k, s->v, vec(L, RWKVX_ATT_FIRST), vec(L, RWKVX_ATT_DECAY),
                    st + 2 * C, st + 3 * C, st + 4 * C, s->y);
     for (int64_t i = 0; i < T * C; i++) s->y[i] *= sigmoidf(s->r[i]);
-    matmul(mat(L, RWKVX_ATT_O), s->y, C, T, s->out, C);
+    matmul(m, mat(L, RWKVX_ATT_O), s->y, C, T, s->out, C);
 }
 
 static void time_mix_v5(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, int64_t T, float *st) {
@@ -144,19 +175,19 @@ static void time_mix_v5(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
     lerp_mix(s->a, s->prev, vec(L, RWKVX_ATT_MIX_K), T, C, xk);
     lerp_mix(s->a, s->prev, vec(L, RWKVX_ATT_MIX_V), T, C, xv);
     lerp_mix(s->a, s->prev, vec(L, RWKVX_ATT_MIX_R), T, C, xr);
-    matmul(mat(L, RWKVX_ATT_K), xk, C, T, s->k, C);
-    matmul(mat(L, RWKVX_ATT_V), xv, C, T, s->v, C);
-    matmul(mat(L, RWKVX_ATT_R), xr, C, T, s->r, C);
+    matmul(m, mat(L, RWKVX_ATT_K), xk, C, T, s->k, C);
+    matmul(m, mat(L, RWKVX_ATT_V), xv, C, T, s->v, C);
+    matmul(m, mat(L, RWKVX_ATT_R), xr, C, T, s->r, C);
     const float *u = vec(L, v52 ? RWKVX_ATT_FAAAA : RWKVX_ATT_FIRST);
     rwkvx_wkv5_ref(T, m->n_head, m->head_size, s->r, s->k, s->v, u, vec(L, RWKVX_ATT_DECAY), 0,
                    st + 2 * C, s->y);
-    rwkvx_group_norm_ref(s->y, s->y, T, m->n_head, m->head_size, vec(L, RWKVX_LNX_W), vec(L, RWKVX_LNX_B), 1e-5f);
+    rwkvx_group_norm_ref(s->y, s->y, T, m->n_head, m->head_size, vec(L, RWKVX_LNX_W), vec(L, RWKVX_LNX_B), m->group_norm_eps);
     if (v52) {
         lerp_mix(s->a, s->prev, vec(L, RWKVX_ATT_MIX_G), T, C, xg);
-        matmul(mat(L, RWKVX_ATT_G), xg, C, T, s->g, C);
+        matmul(m, mat(L, RWKVX_ATT_G), xg, C, T, s->g, C);
         for (int64_t i = 0; i < T * C; i++) s->y[i] *= s->g[i] * sigmoidf(s->g[i]);
     }
-    matmul(mat(L, RWKVX_ATT_O), s->y, C, T, s->out, C);
+    matmul(m, mat(L, RWKVX_ATT_O), s->y, C, T, s->out, C);
 }
 
 static void time_mix_v6(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, int64_t T, float *st) {
@@ -164,7 +195,7 @@ static void time_mix_v6(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
     const int64_t D = mat(L, RWKVX_MAA_W1)->n_rows / 5, D2 = mat(L, RWKVX_DECAY_W1)->n_rows;
     /* xxx = a + (prev - a) * maa_x, then five data-dependent mixes (w, k, v, r, g) */
     delta_mix(s->a, s->prev, vec(L, RWKVX_MAA_X), T, C, s->out);
-    matmul(mat(L, RWKVX_MAA_W1), s->out, C, T, s->hidden, 5 * D);
+    matmul(m, mat(L, RWKVX_MAA_W1), s->out, C, T, s->hidden, 5 * D);
     for (int64_t i = 0; i < T * 5 * D; i++) s->hidden[i] = tanhf(s->hidden[i]);
     static const int maa_slots[5] = {RWKVX_MAA_W, RWKVX_MAA_K, RWKVX_MAA_V, RWKVX_MAA_R, RWKVX_MAA_G};
     const rwkvx_tensor *w2 = mat(L, RWKVX_MAA_W2); /* 5 slabs of C rows, D inputs each */
@@ -172,7 +203,7 @@ static void time_mix_v6(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
     for (int c = 0; c < 5; c++) {
         rwkvx_tensor slab = {(const uint8_t *)w2->data + c * slab_bytes, w2->type, (int32_t)D, (int32_t)C};
         float *xc = s->mix[c];
-        matmul(&slab, s->hidden + c * D, 5 * D, T, xc, C); /* xc = W2[c] h_c */
+        matmul(m, &slab, s->hidden + c * D, 5 * D, T, xc, C); /* xc = W2[c] h_c */
         const float *maa = vec(L, maa_slots[c]);
         for (int64_t t = 0; t < T; t++)
             for (int64_t i = 0; i < C; i++) {
@@ -181,35 +212,35 @@ static void time_mix_v6(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
             }
     }
     float *xw = s->mix[0], *xk = s->mix[1], *xv = s->mix[2], *xr = s->mix[3], *xg = s->mix[4];
-    matmul(mat(L, RWKVX_ATT_R), xr, C, T, s->r, C);
-    matmul(mat(L, RWKVX_ATT_K), xk, C, T, s->k, C);
-    matmul(mat(L, RWKVX_ATT_V), xv, C, T, s->v, C);
-    matmul(mat(L, RWKVX_ATT_G), xg, C, T, s->g, C);
+    matmul(m, mat(L, RWKVX_ATT_R), xr, C, T, s->r, C);
+    matmul(m, mat(L, RWKVX_ATT_K), xk, C, T, s->k, C);
+    matmul(m, mat(L, RWKVX_ATT_V), xv, C, T, s->v, C);
+    matmul(m, mat(L, RWKVX_ATT_G), xg, C, T, s->g, C);
     /* w = exp(-exp(time_decay + W_d2 tanh(W_d1 xw))), per token and channel */
-    matmul(mat(L, RWKVX_DECAY_W1), xw, C, T, s->hidden2, D2);
+    matmul(m, mat(L, RWKVX_DECAY_W1), xw, C, T, s->hidden2, D2);
     for (int64_t i = 0; i < T * D2; i++) s->hidden2[i] = tanhf(s->hidden2[i]);
-    matmul(mat(L, RWKVX_DECAY_W2), s->hidden2, D2, T, s->w, C);
+    matmul(m, mat(L, RWKVX_DECAY_W2), s->hidden2, D2, T, s->w, C);
     const float *decay = vec(L, RWKVX_ATT_DECAY);
     for (int64_t t = 0; t < T; t++)
         for (int64_t i = 0; i < C; i++) s->w[t * C + i] = expf(-expf(decay[i] + s->w[t * C + i]));
     rwkvx_wkv5_ref(T, m->n_head, m->head_size, s->r, s->k, s->v, vec(L, RWKVX_ATT_FAAAA), s->w, C,
                    st + 2 * C, s->y);
-    rwkvx_group_norm_ref(s->y, s->y, T, m->n_head, m->head_size, vec(L, RWKVX_LNX_W), vec(L, RWKVX_LNX_B), 64e-5f);
+    rwkvx_group_norm_ref(s->y, s->y, T, m->n_head, m->head_size, vec(L, RWKVX_LNX_W), vec(L, RWKVX_LNX_B), m->group_norm_eps);
     for (int64_t i = 0; i < T * C; i++) s->y[i] *= s->g[i] * sigmoidf(s->g[i]);
-    matmul(mat(L, RWKVX_ATT_O), s->y, C, T, s->out, C);
+    matmul(m, mat(L, RWKVX_ATT_O), s->y, C, T, s->out, C);
 }
 
 /* y = W2 f(W1 x) for a low-rank pair; f = tanh, sigmoid or identity. */
 enum { LORA_LINEAR, LORA_TANH, LORA_SIGMOID };
-static void lora(const rwkvx_tensor *w1, const rwkvx_tensor *w2, const float *x, int64_t T, int activation,
-                 float *hidden, float *y) {
+static void lora(const rwkvx_model *m, const rwkvx_tensor *w1, const rwkvx_tensor *w2, const float *x, int64_t T,
+                 int activation, float *hidden, float *y) {
     const int64_t C = w1->n_in, D = w1->n_rows;
-    matmul(w1, x, C, T, hidden, D);
+    matmul(m, w1, x, C, T, hidden, D);
     if (activation == LORA_TANH)
         for (int64_t i = 0; i < T * D; i++) hidden[i] = tanhf(hidden[i]);
     else if (activation == LORA_SIGMOID)
         for (int64_t i = 0; i < T * D; i++) hidden[i] = sigmoidf(hidden[i]);
-    matmul(w2, hidden, D, T, y, w2->n_rows);
+    matmul(m, w2, hidden, D, T, y, w2->n_rows);
 }
 
 static void time_mix_v7(const rwkvx_model *m, const rwkvx_layer *L, int32_t layer, scratch *s, int64_t T,
@@ -218,22 +249,22 @@ static void time_mix_v7(const rwkvx_model *m, const rwkvx_layer *L, int32_t laye
     const float *x_rwkvag = vec(L, RWKVX_X_RWKVAG);
     for (int c = 0; c < 6; c++) delta_mix(s->a, s->prev, x_rwkvag + c * C, T, C, s->mix[c]);
     float *xr = s->mix[0], *xw = s->mix[1], *xk = s->mix[2], *xv = s->mix[3], *xa = s->mix[4], *xg = s->mix[5];
-    matmul(mat(L, RWKVX_ATT_R), xr, C, T, s->r, C);
-    matmul(mat(L, RWKVX_ATT_K), xk, C, T, s->k, C);
-    matmul(mat(L, RWKVX_ATT_V), xv, C, T, s->v, C);
+    matmul(m, mat(L, RWKVX_ATT_R), xr, C, T, s->r, C);
+    matmul(m, mat(L, RWKVX_ATT_K), xk, C, T, s->k, C);
+    matmul(m, mat(L, RWKVX_ATT_V), xv, C, T, s->v, C);
 
     /* decay w = exp(-e^-0.5 * sigmoid(w0 + W2 tanh(W1 xw))), in (e^-0.607, 1) */
-    lora(mat(L, RWKVX_W1), mat(L, RWKVX_W2), xw, T, LORA_TANH, s->hidden, s->w);
+    lora(m, mat(L, RWKVX_W1), mat(L, RWKVX_W2), xw, T, LORA_TANH, s->hidden, s->w);
     const float *w0 = vec(L, RWKVX_W0);
     for (int64_t t = 0; t < T; t++)
         for (int64_t i = 0; i < C; i++) s->w[t * C + i] = expf(-0.606531f * sigmoidf(w0[i] + s->w[t * C + i]));
 
     /* in-context learning rate alpha = sigmoid(a0 + A2 A1 xa); gate g = G2 sigmoid(G1 xg) */
-    lora(mat(L, RWKVX_A1), mat(L, RWKVX_A2), xa, T, LORA_LINEAR, s->hidden, s->alpha);
+    lora(m, mat(L, RWKVX_A1), mat(L, RWKVX_A2), xa, T, LORA_LINEAR, s->hidden, s->alpha);
     const float *a0 = vec(L, RWKVX_A0);
     for (int64_t t = 0; t < T; t++)
         for (int64_t i = 0; i < C; i++) s->alpha[t * C + i] = sigmoidf(a0[i] + s->alpha[t * C + i]);
-    lora(mat(L, RWKVX_G1), mat(L, RWKVX_G2), xg, T, LORA_SIGMOID, s->hidden, s->g);
+    lora(m, mat(L, RWKVX_G1), mat(L, RWKVX_G2), xg, T, LORA_SIGMOID, s->hidden, s->g);
 
     /* kk = per-head unit vector of k*k_k; k scaled by the replacement rate */
     const float *k_k = vec(L, RWKVX_K_K), *k_a = vec(L, RWKVX_K_A);
@@ -258,7 +289,7 @@ static void time_mix_v7(const rwkvx_model *m, const rwkvx_layer *L, int32_t laye
     if (layer == 0) {
         memcpy(v_first, s->v, (size_t)(T * C) * sizeof(float));
     } else {
-        lora(mat(L, RWKVX_V1), mat(L, RWKVX_V2), xv, T, LORA_LINEAR, s->hidden, s->out);
+        lora(m, mat(L, RWKVX_V1), mat(L, RWKVX_V2), xv, T, LORA_LINEAR, s->hidden, s->out);
         const float *v0 = vec(L, RWKVX_V0);
         for (int64_t t = 0; t < T; t++)
             for (int64_t i = 0; i < C; i++) {
@@ -274,7 +305,7 @@ static void time_mix_v7(const rwkvx_model *m, const rwkvx_layer *L, int32_t laye
         b[i] = s->kk[i] * s->alpha[i];
     }
     rwkvx_wkv7_ref(T, H, S, s->r, s->w, s->k, s->v, a, b, st + 2 * C, s->y);
-    rwkvx_group_norm_ref(s->y, s->y, T, H, S, vec(L, RWKVX_LNX_W), vec(L, RWKVX_LNX_B), 64e-5f);
+    rwkvx_group_norm_ref(s->y, s->y, T, H, S, vec(L, RWKVX_LNX_W), vec(L, RWKVX_LNX_B), m->group_norm_eps);
 
     /* bonus: y_h += (sum_j r k r_k) v_h, then gate */
     const float *r_k = vec(L, RWKVX_R_K);
@@ -285,7 +316,7 @@ static void time_mix_v7(const rwkvx_model *m, const rwkvx_layer *L, int32_t laye
             for (int64_t j = 0; j < S; j++) bonus += s->r[o + j] * s->k[o + j] * r_k[h * S + j];
             for (int64_t j = 0; j < S; j++) s->y[o + j] = (s->y[o + j] + bonus * s->v[o + j]) * s->g[o + j];
         }
-    matmul(mat(L, RWKVX_ATT_O), s->y, C, T, s->out, C);
+    matmul(m, mat(L, RWKVX_ATT_O), s->y, C, T, s->out, C);
 }
 
 /* ---- the stack ---------------------------------------------------------- */
@@ -350,7 +381,7 @@ int rwkvx_head(const rwkvx_model *m, const float *x, int64_t T, float *logits) {
     float *normed = malloc((size_t)(T * C) * sizeof(float));
     if (normed == NULL) return RWKVX_ERR_ALLOC;
     rwkvx_layer_norm_ref(x, normed, T, C, m->globals[RWKVX_LN_OUT_W].data, m->globals[RWKVX_LN_OUT_B].data, 1e-5f);
-    matmul(&m->globals[RWKVX_HEAD], normed, C, T, logits, m->n_vocab);
+    matmul(m, &m->globals[RWKVX_HEAD], normed, C, T, logits, m->n_vocab);
     free(normed);
     return RWKVX_OK;
 }

@@ -79,11 +79,18 @@ typedef struct rwkvx_layer {
     rwkvx_tensor t[RWKVX_N_LAYER_SLOTS];
 } rwkvx_layer;
 
+struct rwkvx_pool;
+
 typedef struct rwkvx_model {
     int32_t arch;
     int32_t n_vocab, n_embd, n_layer, n_ffn, n_head, head_size;
+    float group_norm_eps; /* of the v5+ ln_x group norm: 64e-5 officially, 1e-5 in rwkv.cpp's v5 */
     rwkvx_tensor globals[RWKVX_N_GLOBAL_SLOTS];
     rwkvx_layer *layers; /* n_layer entries, owned by the caller */
+    /* Threads for matrix products (pool.h; NULL: the calling thread only), and the
+     * size (weight bytes x tokens) under which a product is not worth splitting. */
+    struct rwkvx_pool *pool;
+    int64_t parallel_min_bytes;
 } rwkvx_model;
 
 enum rwkvx_status {

@@ -1,0 +1,159 @@
+"""rwkvx speed benchmark: python bench/run.py [--models v7-0.1B,v7-1.5B] [--types FP16,Q8_0] [--threads N]
+
+Generates (or reuses) random-weight models with real shapes in bench/models/ (see models.py), measures
+memory read bandwidth in the same run, then for each model file, in a fresh process (so peak RSS and
+load time are its own), times:
+  decode   ms per token, one token per call, with and without logits (serial decoding)
+  prefill  tokens/s for one call of 128 and of 512 tokens
+  load     seconds of rwkvx.load (memory-mapped) and the process's peak RSS
+and prints them beside the bound: bytes read per token / bandwidth, and the ratio decode / bound
+(1.00 = streaming weights at the measured bandwidth).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # the checkout, if rwkvx is not installed
+from models import DATA_TYPES, SHAPES, bytes_read_per_token, ensure_model  # noqa: E402
+
+BANDWIDTH_BUFFER_BYTES = 1 << 30  # far beyond any cache
+PREFILL_LENGTHS = (128, 512)
+WARMUP_TOKENS = 3
+DECODE_WINDOWS = 4
+
+
+def measure_read_bandwidth(threads: int, repeats: int = 5) -> float:
+    """Best GB/s of `threads` threads each streaming its own slice of a 1 GiB buffer once."""
+    from rwkvx import _core
+
+    buf = np.ones(BANDWIDTH_BUFFER_BYTES, dtype=np.uint8)  # ones: every page really allocated
+    step = BANDWIDTH_BUFFER_BYTES // threads // 8 * 8
+    slices = [buf[i * step:(i + 1) * step] for i in range(threads)]
+    best = 0.0
+    for _ in range(repeats):
+        workers = [threading.Thread(target=_core.read_bytes, args=(s,)) for s in slices]
+        start = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        best = max(best, step * threads / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def time_decode(model, n_tokens: int, logits) -> float:
+    """Seconds per token, one token per call, state updated in place: the best of DECODE_WINDOWS
+    windows of n_tokens // DECODE_WINDOWS tokens (other processes on a shared machine only add time)."""
+    state = model.new_state()
+    for t in range(WARMUP_TOKENS):
+        model.forward(t, state, logits=logits, inplace=True)
+    per_window = max(1, n_tokens // DECODE_WINDOWS)
+    best = float("inf")
+    for w in range(DECODE_WINDOWS):
+        start = time.perf_counter()
+        for t in range(per_window):
+            model.forward((w * per_window + t) % model.n_vocab, state, logits=logits, inplace=True)
+        best = min(best, (time.perf_counter() - start) / per_window)
+    return best
+
+
+def time_prefill(model, length: int, repeats: int = 3) -> float:
+    """Tokens per second of one call with `length` tokens (logits of the last one), best of `repeats`."""
+    tokens = np.arange(length, dtype=np.int32) % model.n_vocab
+    model.forward(tokens[:8])  # warm the mapping and the pool
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.forward(tokens)
+        best = min(best, time.perf_counter() - start)
+    return length / best
+
+
+def measure_one(path: str, threads: int, n_tokens: int) -> dict:
+    """Everything about one model file; run in its own process."""
+    import rwkvx
+    from rwkvx import _core
+
+    start = time.perf_counter()
+    model = rwkvx.load(path, threads=threads)
+    load_s = time.perf_counter() - start
+    model._core.set_threads(threads)
+    out = {
+        "load_s": load_s,
+        "isa": _core.active_isa(),
+        "threads": model._core.threads,
+        "ms_logits": time_decode(model, n_tokens, "last") * 1e3,
+        "ms_no_logits": time_decode(model, n_tokens, None) * 1e3,
+    }
+    for length in PREFILL_LENGTHS:
+        out[f"prefill_{length}"] = time_prefill(model, length)
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def rwkv_pypi_note() -> str:
+    import importlib.util
+
+    if importlib.util.find_spec("rwkv") is None:
+        return "rwkv (PyPI) not installed: no comparison run"
+    return "rwkv (PyPI) installed, but it needs a .pth checkpoint; comparison not run on random .bin files"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="v4-169M,v7-0.1B,v7-1.5B", help=f"of {', '.join(SHAPES)}")
+    parser.add_argument("--types", default=",".join(DATA_TYPES), help=f"of {', '.join(DATA_TYPES)}")
+    parser.add_argument("--threads", type=int, default=None, help="default: physical cores")
+    parser.add_argument("--tokens", type=int, default=32, help="decode steps timed per file")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one file, print JSON
+    args = parser.parse_args(argv)
+
+    from rwkvx.cpu import cpu_info, physical_cores
+
+    threads = args.threads or physical_cores()
+    if args.one:
+        print(json.dumps(measure_one(args.one, threads, args.tokens)))
+        return 0
+
+    info = cpu_info()
+    print(f"# {info['model_name']}, {info['physical_cores']} cores; kernels {info['active']}; threads {threads}")
+    bandwidth = measure_read_bandwidth(threads)
+    print(f"# memory read bandwidth ({threads} threads, 1 GiB streamed): {bandwidth:.1f} GB/s")
+    print(f"# {rwkv_pypi_note()}")
+    header = ("model", "type", "MB/tok", "load s", "RSS MB", "ms/tok", "ms/tok nolog", "pf128 t/s", "pf512 t/s",
+              "8-seq t/s", "GB/s", "bound ms", "ratio")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for model in args.models.split(","):
+        for data_type in args.types.split(","):
+            path = ensure_model(model, data_type, log=lambda m: print(f"# {m}", file=sys.stderr))
+            per_token = bytes_read_per_token(path)
+            result = subprocess.run([sys.executable, __file__, "--one", str(path), "--threads", str(threads),
+                                     "--tokens", str(args.tokens)], capture_output=True, text=True)
+            if result.returncode != 0:
+                print(f"| {model} | {data_type} | failed: {result.stderr.strip().splitlines()[-1:]} |")
+                continue
+            r = json.loads(result.stdout)
+            bound_ms = per_token / (bandwidth * 1e9) * 1e3
+            streamed = per_token / (r["ms_logits"] / 1e3) / 1e9  # GB/s of weights, logits included
+            row = (model, data_type, f"{per_token / 1e6:.0f}", f"{r['load_s']:.3f}", f"{r['peak_rss_mb']:.0f}",
+                   f"{r['ms_logits']:.2f}", f"{r['ms_no_logits']:.2f}", f"{r['prefill_128']:.0f}",
+                   f"{r['prefill_512']:.0f}", "n/a", f"{streamed:.1f}", f"{bound_ms:.2f}",
+                   f"{r['ms_logits'] / bound_ms:.2f}")
+            print("| " + " | ".join(row) + " |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

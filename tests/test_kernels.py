@@ -1,0 +1,228 @@
+"""Every compiled matrix-product kernel against the scalar reference (and the scalar one against NumPy).
+
+Weights are written as raw rwkv.cpp bytes at arbitrary byte offsets (as in a memory-mapped file).
+Three kinds of input:
+- exact: unit scales, integer offsets and small integer activations, so every partial sum is an
+  integer below 2**24 and every kernel must give the exact result, whatever its summation order;
+- random: results may differ from the reference only by summation order (weights are dequantized
+  to the same float32 values), bounded by REORDER_TOLERANCE;
+- extreme: all nibbles at -8 / +7, every INT5 high bit set or clear, INT8 at -128 / 127, zero scales.
+"""
+import numpy as np
+import pytest
+
+from rwkvx import _core
+from rwkvx.formats.ggml_types import BLOCK_DTYPES, QK, dequantize, ggml_type
+
+TYPES = ("FP32", "FP16", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0")
+QUANTIZED = TYPES[2:]
+ISAS = ("scalar", "avx2", "avx512", "neon")
+EDGE_ROWS = (1, 2, 3, 7, 8, 9, 15, 16, 17, 63, 65, 257)
+EDGE_BLOCKS = (1, 2, 3, 7, 8, 9)
+# Row lengths for FP32/FP16 that end in a partial 32-element block, or are one.
+FLOAT_ROW_LENGTHS = (1, 7, 16, 31, 33, 47, 64, 65, 100)
+REAL_SHAPES = ((64, 768), (768, 64), (768, 768), (3072, 768), (768, 3072), (2048, 2048))
+MISALIGNMENTS = (0, 1, 2, 3)
+TOKEN_COUNTS = (1, 2, 3, 4, 5, 7, 9)
+
+FLT_EPS = float(np.finfo(np.float32).eps)
+# Summing n float32 products in another order (and with fused multiply-adds) moves the result by a
+# few rounding errors of the partial sums; their random-walk growth is ~sqrt(n). Bound per element:
+# REORDER_ULPS * eps * sqrt(n) * sum_i |w_i x_i|. A single mis-decoded weight moves it by ~ sum/n,
+# far above this for every n tested.
+REORDER_ULPS = 4.0
+
+
+def usable(isa):
+    if isa not in _core.compiled_isas():
+        pytest.skip(f"{isa} kernels are not compiled in this build")
+    if isa not in _core.supported_isas():
+        pytest.skip(f"this CPU/OS cannot run {isa}")
+
+
+def misaligned(raw: np.ndarray, offset: int) -> np.ndarray:
+    """The same bytes, starting `offset` bytes past an aligned address."""
+    buf = np.zeros(raw.nbytes + 64 + offset, dtype=np.uint8)
+    start = (-buf.ctypes.data) % 64 + offset
+    out = buf[start:start + raw.nbytes]
+    out[:] = raw.reshape(-1).view(np.uint8)
+    return out
+
+
+def random_weights(type_name, n_rows, n_in, rng, kind="random"):
+    """Raw bytes of n_rows rows of n_in weights of type_name."""
+    if type_name in ("FP32", "FP16"):
+        if kind == "exact":
+            w = rng.integers(-8, 9, size=(n_rows, n_in)).astype(np.float32)
+        else:
+            w = rng.standard_normal((n_rows, n_in)).astype(np.float32)
+        return w.astype(np.float32 if type_name == "FP32" else np.float16).reshape(-1).view(np.uint8)
+    blocks = np.zeros(n_rows * n_in // QK, dtype=BLOCK_DTYPES[type_name])
+    names = blocks.dtype.names
+    if kind == "exact":
+        blocks["d"] = 1.0
+        if "m" in names:
+            blocks["m"] = rng.integers(-4, 5, size=blocks.shape)
+    else:
+        blocks["d"] = rng.uniform(1e-3, 0.1, size=blocks.shape) * rng.choice([-1, 1], size=blocks.shape)
+        if "m" in names:
+            blocks["m"] = rng.uniform(-0.2, 0.2, size=blocks.shape)
+    if type_name == "Q8_0":
+        blocks["qs"] = rng.integers(-128, 128, size=blocks["qs"].shape)
+    else:
+        blocks["qs"] = rng.integers(0, 256, size=blocks["qs"].shape)
+    if "qh" in names:
+        blocks["qh"] = rng.integers(0, 2**32, size=blocks.shape, dtype=np.uint64).astype(np.uint32)
+    return blocks.view(np.uint8)
+
+
+def extreme_weights(type_name, n_rows, n_in, pattern):
+    """Every block at one extreme: pattern 0 = lowest codes (nibbles 0, high bits clear, int8 -128),
+    1 = highest codes (nibbles 15, high bits set, int8 127), 2 = zero scales over random codes."""
+    blocks = np.zeros(n_rows * n_in // QK, dtype=BLOCK_DTYPES[type_name])
+    names = blocks.dtype.names
+    blocks["d"] = 0.0 if pattern == 2 else 0.5
+    if "m" in names:
+        blocks["m"] = -1.5
+    if type_name == "Q8_0":
+        blocks["qs"] = -128 if pattern == 0 else 127
+    else:
+        blocks["qs"] = 0x00 if pattern == 0 else 0xFF
+    if "qh" in names:
+        blocks["qh"] = 0 if pattern == 0 else 0xFFFFFFFF
+    return blocks.view(np.uint8)
+
+
+def dequantized(raw, type_name, n_rows, n_in):
+    if type_name == "FP32":
+        return raw.view(np.float32).reshape(n_rows, n_in)
+    if type_name == "FP16":
+        return raw.view(np.float16).astype(np.float32).reshape(n_rows, n_in)
+    return dequantize(np.ascontiguousarray(raw), type_name, n_rows * n_in).reshape(n_rows, n_in)
+
+
+def run(isa, type_name, raw, n_in, n_rows, x):
+    return _core.matmul_with(isa, ggml_type(type_name).id, raw, n_in, n_rows, np.ascontiguousarray(x))
+
+
+def assert_within_reorder(actual, expected, w, x, what):
+    """|actual - expected| <= REORDER_ULPS * eps * sqrt(n) * (|x| @ |w|.T), per element."""
+    n_in = w.shape[1]
+    bound = REORDER_ULPS * FLT_EPS * np.sqrt(n_in) * (np.abs(x).astype(np.float64) @ np.abs(w).T.astype(np.float64))
+    err = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+    excess = err - bound
+    worst = np.unravel_index(np.argmax(excess), excess.shape)
+    assert excess[worst] <= 0, (
+        f"{what}: at (token, row) {worst} expected {expected[worst]!r}, got {actual[worst]!r}, "
+        f"abs error {err[worst]:.3g} > bound {bound[worst]:.3g}"
+    )
+
+
+def assert_exact(actual, expected, what):
+    bad = np.argwhere(actual != expected)
+    assert bad.size == 0, (
+        f"{what}: {len(bad)} elements differ; first at (token, row) {tuple(bad[0])}: "
+        f"expected {expected[tuple(bad[0])]!r}, got {actual[tuple(bad[0])]!r}"
+    )
+
+
+def edge_shapes(type_name):
+    lengths = [b * QK for b in EDGE_BLOCKS]
+    if type_name in ("FP32", "FP16"):
+        lengths += list(FLOAT_ROW_LENGTHS)
+    return [(rows, n_in) for rows in EDGE_ROWS for n_in in lengths]
+
+
+@pytest.mark.parametrize("type_name", TYPES)
+@pytest.mark.parametrize("isa", ISAS)
+def test_exact_inputs_give_exact_results(isa, type_name):
+    usable(isa)
+    rng = np.random.default_rng(1)
+    for i, (n_rows, n_in) in enumerate(edge_shapes(type_name)):
+        raw = random_weights(type_name, n_rows, n_in, rng, kind="exact")
+        x = rng.integers(-3, 4, size=(3, n_in)).astype(np.float32)
+        expected = (x.astype(np.float64) @ dequantized(raw, type_name, n_rows, n_in).T.astype(np.float64))
+        actual = run(isa, type_name, misaligned(raw, i % 4), n_in, n_rows, x)
+        assert_exact(actual, expected.astype(np.float32), f"{isa} {type_name} {n_rows}x{n_in} exact")
+
+
+@pytest.mark.parametrize("type_name", TYPES)
+@pytest.mark.parametrize("isa", ISAS)
+def test_edge_sizes_match_reference(isa, type_name):
+    usable(isa)
+    rng = np.random.default_rng(2)
+    for i, (n_rows, n_in) in enumerate(edge_shapes(type_name)):
+        raw = random_weights(type_name, n_rows, n_in, rng)
+        x = rng.standard_normal((2, n_in)).astype(np.float32)
+        w = dequantized(raw, type_name, n_rows, n_in)
+        expected = run("scalar", type_name, raw, n_in, n_rows, x)
+        if isa == "scalar":  # the oracle itself, against NumPy in float64
+            expected = (x.astype(np.float64) @ w.T.astype(np.float64)).astype(np.float32)
+        actual = run(isa, type_name, misaligned(raw, i % 4), n_in, n_rows, x)
+        assert_within_reorder(actual, expected, w, x, f"{isa} {type_name} {n_rows}x{n_in}")
+
+
+@pytest.mark.parametrize("offset", MISALIGNMENTS)
+@pytest.mark.parametrize("type_name", TYPES)
+@pytest.mark.parametrize("isa", ISAS)
+def test_misaligned_weights_give_identical_results(isa, type_name, offset):
+    usable(isa)
+    rng = np.random.default_rng(3)
+    n_rows, n_in = 17, 9 * QK
+    raw = random_weights(type_name, n_rows, n_in, rng)
+    x = rng.standard_normal((3, n_in)).astype(np.float32)
+    aligned = run(isa, type_name, misaligned(raw, 0), n_in, n_rows, x)
+    assert_exact(run(isa, type_name, misaligned(raw, offset), n_in, n_rows, x), aligned,
+                 f"{isa} {type_name} offset {offset}")
+
+
+@pytest.mark.parametrize("pattern", (0, 1, 2))
+@pytest.mark.parametrize("type_name", QUANTIZED)
+@pytest.mark.parametrize("isa", ISAS)
+def test_extreme_quants(isa, type_name, pattern):
+    usable(isa)
+    n_rows, n_in = 9, 7 * QK
+    raw = extreme_weights(type_name, n_rows, n_in, pattern)
+    x = np.random.default_rng(4).integers(-3, 4, size=(2, n_in)).astype(np.float32)
+    # scales 0.5 / 0 and offset -1.5 make every weight, product and partial sum exact in float32
+    expected = (x.astype(np.float64) @ dequantized(raw, type_name, n_rows, n_in).T).astype(np.float32)
+    assert_exact(run(isa, type_name, misaligned(raw, 1), n_in, n_rows, x), expected,
+                 f"{isa} {type_name} pattern {pattern}")
+
+
+@pytest.mark.parametrize("type_name", TYPES)
+@pytest.mark.parametrize("isa", ISAS)
+def test_real_shapes_match_reference(isa, type_name):
+    usable(isa)
+    rng = np.random.default_rng(5)
+    for n_rows, n_in in REAL_SHAPES:
+        raw = random_weights(type_name, n_rows, n_in, rng)
+        x = rng.standard_normal((2, n_in)).astype(np.float32)
+        expected = run("scalar", type_name, raw, n_in, n_rows, x)
+        actual = run(isa, type_name, misaligned(raw, 3), n_in, n_rows, x)
+        assert_within_reorder(actual, expected, dequantized(raw, type_name, n_rows, n_in), x,
+                              f"{isa} {type_name} {n_rows}x{n_in}")
+
+
+@pytest.mark.parametrize("type_name", TYPES)
+@pytest.mark.parametrize("isa", ISAS)
+def test_token_count_does_not_change_any_result(isa, type_name):
+    """Sequence mode must equal one token at a time bit for bit: tiles of tokens never mix."""
+    usable(isa)
+    rng = np.random.default_rng(6)
+    n_rows, n_in = 19, (3 * QK if type_name in QUANTIZED else 3 * QK + 5)
+    raw = random_weights(type_name, n_rows, n_in, rng)
+    x = rng.standard_normal((max(TOKEN_COUNTS), n_in)).astype(np.float32)
+    one_at_a_time = np.concatenate([run(isa, type_name, raw, n_in, n_rows, x[t:t + 1]) for t in range(len(x))])
+    for T in TOKEN_COUNTS:
+        assert_exact(run(isa, type_name, raw, n_in, n_rows, x[:T]), one_at_a_time[:T], f"{isa} {type_name} T={T}")
+
+
+def test_unusable_level_is_refused():
+    unusable = [isa for isa in ISAS if isa not in _core.supported_isas()]
+    if not unusable:
+        pytest.skip("every level is usable here")
+    from rwkvx.errors import BackendError
+
+    with pytest.raises(BackendError, match="not usable"):
+        run(unusable[0], "FP32", np.zeros(4 * 32, np.uint8), 32, 1, np.zeros((1, 32), np.float32))
