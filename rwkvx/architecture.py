@@ -25,6 +25,23 @@ MATRIX_TENSORS = frozenset({
 })
 
 
+# Epsilon of the per-head group norm on the WKV output (att.ln_x). The official implementation (the
+# RWKV-LM training code and the `rwkv` package) uses 64e-5 for v5.x, v6 and v7. rwkv.cpp uses 1e-5 for
+# v5.x; files made for it, and its published test logits, carry that convention.
+GROUP_NORM_EPS_OFFICIAL = 64e-5
+GROUP_NORM_EPS_RWKV_CPP_V5 = 1e-5
+CONVENTIONS = ("official", "rwkv.cpp")
+
+
+def default_group_norm_eps(arch: str, convention: str) -> float:
+    """The ln_x epsilon a model runs with by default: as the implementation its file was made for."""
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    if convention == "rwkv.cpp" and arch in ("v5.1", "v5.2"):
+        return GROUP_NORM_EPS_RWKV_CPP_V5
+    return GROUP_NORM_EPS_OFFICIAL
+
+
 def layer_local_name(name: str) -> str:
     """'blocks.3.att.key.weight' -> 'att.key.weight'; global names (emb, ln0, ln_out, head) unchanged."""
     if name.startswith("blocks.") and not name.startswith("blocks.0.ln0."):

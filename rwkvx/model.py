@@ -7,7 +7,8 @@ from typing import Sequence
 import numpy as np
 
 from . import _core
-from .architecture import MATRIX_TENSORS, ModelShape, canonical_vector, expected_tensors, infer_shape, layer_local_name
+from .architecture import (MATRIX_TENSORS, ModelShape, canonical_vector, default_group_norm_eps, expected_tensors,
+                           infer_shape, layer_local_name)
 from .errors import ModelFormatError, StateError, TokenError
 from .formats.rwkvcpp import RwkvCppFile
 from .state import State
@@ -19,17 +20,22 @@ class Model:
     """An RWKV model (v4, v5.1, v5.2, v6 or v7) whose weights stay memory-mapped.
 
     Attributes: arch, n_vocab, n_embd, n_layer, dtype (the file's main weight type: "FP32", "FP16",
-    "Q4_0", ...), shape (rwkvx.architecture.ModelShape), path, threads.
+    "Q4_0", ...), shape (rwkvx.architecture.ModelShape), path, threads, group_norm_eps (epsilon of the
+    v5+ ln_x group norm: 64e-5 as the official implementation, except 1e-5 for v5.x models loaded from
+    rwkv.cpp .bin files, as rwkv.cpp computes them; pass group_norm_eps= to choose).
     """
 
-    def __init__(self, source: RwkvCppFile, threads: int | None = None, offload=None):
+    def __init__(self, source: RwkvCppFile, threads: int | None = None, offload=None,
+                 group_norm_eps: float | None = None):
         self.source = source
         self.path = source.path
         self.shape = infer_shape({name: info.shape for name, info in source.tensors.items()}, source.path)
         self.dtype = source.header.data_type.name
         self.threads = _resolve_threads(threads)
+        self.group_norm_eps = (default_group_norm_eps(self.shape.arch, source.convention)
+                               if group_norm_eps is None else _checked_eps(group_norm_eps))
         self._check_header(source)
-        self._core = self._build_core(source, self.shape)
+        self._core = self._build_core(source, self.shape, self.threads, self.group_norm_eps)
         from .offload import Offload  # policy objects only: never imports pycuda
 
         self.offload_plan = (offload if offload is not None else Offload()).plan(self)
@@ -57,9 +63,9 @@ class Model:
                 )
 
     @staticmethod
-    def _build_core(source: RwkvCppFile, shape: ModelShape) -> "_core.CoreModel":
+    def _build_core(source: RwkvCppFile, shape: ModelShape, threads: int, group_norm_eps: float) -> "_core.CoreModel":
         core = _core.CoreModel(shape.arch, shape.n_vocab, shape.n_embd, shape.n_layer, shape.n_ffn,
-                               shape.n_head, shape.head_size)
+                               shape.n_head, shape.head_size, threads=threads, group_norm_eps=group_norm_eps)
         for name in expected_tensors(shape):
             info = source.tensors[name]
             local = layer_local_name(name)
@@ -123,22 +129,33 @@ class Model:
         return np.ascontiguousarray(ids, dtype=np.int32)
 
 
+def _checked_eps(eps) -> float:
+    if not isinstance(eps, (int, float)) or not 0 < eps < 1:
+        raise ValueError(f"group_norm_eps must be a number in (0, 1), got {eps!r}")
+    return float(eps)
+
+
 def _resolve_threads(threads: int | None) -> int:
     if threads is None:
-        return os.cpu_count() or 1
+        from .cpu import physical_cores
+
+        return physical_cores()
     if not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be a positive int or None, got {threads!r}")
     return threads
 
 
-def load(path: str | os.PathLike, threads: int | None = None, offload=None, dtype: str | None = None) -> Model:
+def load(path: str | os.PathLike, threads: int | None = None, offload=None, dtype: str | None = None,
+         group_norm_eps: float | None = None) -> Model:
     """Load an rwkv.cpp .bin (memory-mapped) or a PyTorch .pth / .safetensors checkpoint (converted in memory).
 
-    threads: CPU threads (None: all cores).
+    threads: CPU threads (None: one per physical core).
     offload: an rwkvx.Offload policy placing layers and the head on a GPU (default: all on the CPU).
     dtype: None keeps a .bin as stored and loads a checkpoint as FP32; "FP32", "FP16", "Q8_0", "Q5_1",
     "Q5_0", "Q4_1" or "Q4_0" stores the weights as that type on load (quantized as `rwkvx quantize` does).
+    group_norm_eps: epsilon of the v5+ ln_x group norm; None follows the file's origin (see Model).
     """
     from .formats.checkpoint import open_model_source
 
-    return Model(open_model_source(path, dtype=dtype), threads=threads, offload=offload)
+    return Model(open_model_source(path, dtype=dtype), threads=threads, offload=offload,
+                 group_norm_eps=group_norm_eps)

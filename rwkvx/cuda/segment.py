@@ -13,7 +13,6 @@ from .errors import GPUError
 from .ops_numpy import WKV_MAX_HEAD_SIZE
 
 LN_EPS = 1e-5
-GROUP_NORM_EPS = {"v5.1": 1e-5, "v5.2": 1e-5, "v6": 64e-5, "v7": 64e-5}
 
 
 def upload_tensors(ops, model, names) -> dict:
@@ -71,6 +70,7 @@ class DeviceLayers:
         if shape.arch != "v4" and shape.head_size > WKV_MAX_HEAD_SIZE:
             raise GPUError(f"head size {shape.head_size} > {WKV_MAX_HEAD_SIZE} is not supported by the GPU WKV kernels")
         self.ops, self.shape, self.begin, self.end, self.max_tokens = ops, shape, begin, end, max_tokens
+        self.group_norm_eps = model.group_norm_eps
         names = list(expected_tensors(shape))
         self.layers = [upload_tensors(ops, model, [n for n in names if n.startswith(f"blocks.{i}.") and ".ln0." not in n])
                        for i in range(begin, end)]
@@ -157,7 +157,7 @@ class DeviceLayers:
         ops.matmul(L["att.receptance.weight"], s.mix2, s.r)
         u = L["att.time_faaaa" if v52 else "att.time_first"]
         ops.wkv5(s.r, s.k, s.v, u, L["att.time_decay"], ops.flat(st, 2 * C, st.shape[0]), s.y, H)
-        ops.group_norm(s.y, s.y, L["att.ln_x.weight"], L["att.ln_x.bias"], H, GROUP_NORM_EPS["v5.1"])
+        ops.group_norm(s.y, s.y, L["att.ln_x.weight"], L["att.ln_x.bias"], H, self.group_norm_eps)
         if v52:
             ops.lerp_mix(s.a, s.prev, L["att.time_mix_g"], s.mix3)
             ops.matmul(L["att.gate.weight"], s.mix3, s.g)
@@ -189,7 +189,7 @@ class DeviceLayers:
         ops.matmul(L["att.time_decay_w2"], h2, s.w)
         ops.decay_v6(s.w, L["att.time_decay"])
         ops.wkv5(s.r, s.k, s.v, L["att.time_faaaa"], s.w, ops.flat(st, 2 * C, st.shape[0]), s.y, H)
-        ops.group_norm(s.y, s.y, L["att.ln_x.weight"], L["att.ln_x.bias"], H, GROUP_NORM_EPS["v6"])
+        ops.group_norm(s.y, s.y, L["att.ln_x.weight"], L["att.ln_x.bias"], H, self.group_norm_eps)
         ops.mul_silu(s.y, s.g)
         ops.matmul(L["att.output.weight"], s.y, s.out)
 
@@ -225,7 +225,7 @@ class DeviceLayers:
             self._lora(L, "v", xv, s.out, None)
             ops.value_residual(s.v, v_first, s.out, L["att.v0"])
         ops.wkv7(s.r, s.w, s.k, s.v, a, b, ops.flat(st, 2 * C, st.shape[0]), s.y, H)
-        ops.group_norm(s.y, s.y, L["att.ln_x.weight"], L["att.ln_x.bias"], H, GROUP_NORM_EPS["v7"])
+        ops.group_norm(s.y, s.y, L["att.ln_x.weight"], L["att.ln_x.bias"], H, self.group_norm_eps)
         ops.v7_bonus_gate(s.y, s.r, s.k, s.v, s.g, L["att.r_k"], H)
         ops.matmul(L["att.output.weight"], s.y, s.out)
 

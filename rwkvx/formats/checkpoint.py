@@ -222,10 +222,13 @@ class InMemorySource:
     """Model weights held in memory, with RwkvCppFile's interface (path, header, tensors, raw, array).
 
     TensorInfo.offset is the tensor's position in the .bin file these records would make.
+    convention: "official" for a checkpoint, "rwkv.cpp" for a .bin re-stored in memory
+    (see rwkvx.architecture.default_group_norm_eps).
     """
 
-    def __init__(self, path: str, header: Header, records):
+    def __init__(self, path: str, header: Header, records, convention: str = "official"):
         self.path = path
+        self.convention = convention
         self.header = header
         self.tensors: dict[str, TensorInfo] = {}
         self._data: dict[str, np.ndarray] = {}
@@ -300,7 +303,8 @@ def open_model_source(path: str | os.PathLike, dtype: str | None = None):
     records = [stored_record(name, np.ascontiguousarray(source.array(name), dtype=np.float32), dtype, None,
                              source.path) for name in source.tensors]
     h = source.header
-    return InMemorySource(source.path, Header(VERSION_1, h.n_vocab, h.n_embd, h.n_layer, ggml_type(dtype)), records)
+    return InMemorySource(source.path, Header(VERSION_1, h.n_vocab, h.n_embd, h.n_layer, ggml_type(dtype)), records,
+                          convention=source.convention)
 
 
 def _expected_names(arch: str, n_layer: int) -> list[str]:

@@ -81,6 +81,8 @@ def _type_from_id(type_id: int, path: str, where: str) -> GGMLType:
 class RwkvCppFile:
     """An opened rwkv.cpp model file: header, tensor table, and zero-copy tensor views."""
 
+    convention = "rwkv.cpp"  # made for rwkv.cpp: run with its numeric conventions by default
+
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
         try:

@@ -6,7 +6,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..architecture import ARCHITECTURES, ModelShape, expected_tensors, infer_shape
+from ..architecture import (ARCHITECTURES, GROUP_NORM_EPS_OFFICIAL, ModelShape, default_group_norm_eps,
+                            expected_tensors, infer_shape)
 from ..errors import MissingTensorError, ModelFormatError, TokenError
 from . import v4, v5, v6, v7
 from .common import layer_norm
@@ -23,12 +24,15 @@ class ReferenceModel:
     weights: rwkv.cpp tensor name -> array in NumPy shape (ggml ne reversed), any float dtype;
              converted once to float64. Tensors the architecture does not read are ignored.
     shape:   the model's ModelShape (rwkvx.architecture.infer_shape).
+    group_norm_eps: epsilon of the ln_x group norm (v5+); see rwkvx.architecture.default_group_norm_eps.
     """
 
-    def __init__(self, weights: Mapping[str, np.ndarray], shape: ModelShape):
+    def __init__(self, weights: Mapping[str, np.ndarray], shape: ModelShape,
+                 group_norm_eps: float = GROUP_NORM_EPS_OFFICIAL):
         if shape.arch not in ARCHITECTURES:
             raise ModelFormatError(f"unknown architecture {shape.arch!r} (known: {', '.join(ARCHITECTURES)})")
         self.shape = shape
+        self.group_norm_eps = float(group_norm_eps)
         needed = expected_tensors(shape)
         params: dict[str, np.ndarray] = {}
         for name, expected in needed.items():
@@ -52,14 +56,17 @@ class ReferenceModel:
             self._layers.append({n[len(prefix):]: a for n, a in params.items() if n.startswith(prefix)})
 
     @classmethod
-    def from_file(cls, model_file) -> "ReferenceModel":
-        """From an open rwkvx.formats.RwkvCppFile, or the path of an rwkv.cpp .bin (quantized weights dequantized)."""
+    def from_file(cls, model_file, group_norm_eps: float | None = None) -> "ReferenceModel":
+        """From an open model source (RwkvCppFile, InMemorySource) or the path of an rwkv.cpp .bin
+        (quantized weights dequantized). group_norm_eps defaults to the source's convention."""
         if isinstance(model_file, (str, os.PathLike)):
             from ..formats.rwkvcpp import RwkvCppFile
 
             model_file = RwkvCppFile(model_file)
         shape = infer_shape({name: info.shape for name, info in model_file.tensors.items()}, model_file.path)
-        return cls({name: model_file.array(name) for name in expected_tensors(shape)}, shape)
+        if group_norm_eps is None:
+            group_norm_eps = default_group_norm_eps(shape.arch, model_file.convention)
+        return cls({name: model_file.array(name) for name in expected_tensors(shape)}, shape, group_norm_eps)
 
     def initial_state(self) -> np.ndarray:
         """A fresh float64 state [state_len] in rwkv.cpp's layout (see state.py)."""
@@ -88,11 +95,11 @@ class ReferenceModel:
             if arch == "v4":
                 x = v4.block(x, w, layer_state)
             elif arch in ("v5.1", "v5.2"):
-                x = v5.block(x, w, layer_state, self.shape)
+                x = v5.block(x, w, layer_state, self.shape, self.group_norm_eps)
             elif arch == "v6":
-                x = v6.block(x, w, layer_state, self.shape)
+                x = v6.block(x, w, layer_state, self.shape, self.group_norm_eps)
             else:
-                x, v_first = v7.block(x, w, layer_state, self.shape, v_first)
+                x, v_first = v7.block(x, w, layer_state, self.shape, v_first, self.group_norm_eps)
         return self._head @ layer_norm(x, *self._ln_out)
 
     def _checked_tokens(self, tokens) -> list[int]:

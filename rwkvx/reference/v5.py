@@ -16,7 +16,6 @@ from .common import group_norm, layer_norm, silu, time_mix_lerp, token_shift, ve
 from .state import HeadLayerState
 from .v4 import channel_mix  # the v5 feed-forward is v4's, unchanged
 
-GROUP_NORM_EPS = 1e-5  # rwkv.cpp uses 1e-5 for both 5.1 and 5.2 (64e-5 is v6/v7)
 
 
 def wkv(r, k, v, w, u, heads: np.ndarray) -> np.ndarray:
@@ -46,7 +45,8 @@ def decay_and_bonus(w, shape: ModelShape) -> tuple[np.ndarray, np.ndarray]:
     return decay, bonus
 
 
-def time_mix(x: np.ndarray, x_prev: np.ndarray, w, state: HeadLayerState, shape: ModelShape) -> np.ndarray:
+def time_mix(x: np.ndarray, x_prev: np.ndarray, w, state: HeadLayerState, shape: ModelShape,
+             group_norm_eps: float) -> np.ndarray:
     """Multi-head WKV of the token-shifted input, group-normed (and gated by silu(g) in 5.2). x: (C,)."""
     H, S = shape.n_head, shape.head_size
     r = w["att.receptance.weight"] @ time_mix_lerp(x, x_prev, vector(w["att.time_mix_r"]))
@@ -54,16 +54,16 @@ def time_mix(x: np.ndarray, x_prev: np.ndarray, w, state: HeadLayerState, shape:
     v = w["att.value.weight"] @ time_mix_lerp(x, x_prev, vector(w["att.time_mix_v"]))
     decay, u = decay_and_bonus(w, shape)
     y = wkv(r.reshape(H, S), k.reshape(H, S), v.reshape(H, S), decay, u, state.heads)
-    y = group_norm(y, w["att.ln_x.weight"], w["att.ln_x.bias"], H, GROUP_NORM_EPS)
+    y = group_norm(y, w["att.ln_x.weight"], w["att.ln_x.bias"], H, group_norm_eps)
     if shape.arch == "v5.2":
         g = silu(w["att.gate.weight"] @ time_mix_lerp(x, x_prev, vector(w["att.time_mix_g"])))
         y = y * g
     return w["att.output.weight"] @ y
 
 
-def block(x: np.ndarray, w, state: HeadLayerState, shape: ModelShape) -> np.ndarray:
+def block(x: np.ndarray, w, state: HeadLayerState, shape: ModelShape, group_norm_eps: float) -> np.ndarray:
     """One layer: x += TimeMix(LN1(x)); x += ChannelMix(LN2(x)). x: (C,) residual stream."""
     a = layer_norm(x, w["ln1.weight"], w["ln1.bias"])
-    x = x + time_mix(a, token_shift(state.att_xx, a), w, state, shape)
+    x = x + time_mix(a, token_shift(state.att_xx, a), w, state, shape, group_norm_eps)
     f = layer_norm(x, w["ln2.weight"], w["ln2.bias"])
     return x + channel_mix(f, token_shift(state.ffn_xx, f), w)

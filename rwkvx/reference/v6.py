@@ -15,7 +15,6 @@ from .common import group_norm, layer_norm, relu_squared, sigmoid, silu, token_s
 from .state import HeadLayerState
 from .v5 import wkv  # the WKV recurrence is v5's; only w now changes per token
 
-GROUP_NORM_EPS = 64e-5
 DDLERP_ORDER = ("w", "k", "v", "r", "g")  # order of the chunks of time_maa_w1 / slabs of time_maa_w2
 
 
@@ -32,7 +31,8 @@ def ddlerp(x: np.ndarray, x_prev: np.ndarray, w) -> dict[str, np.ndarray]:
     return mixed
 
 
-def time_mix(x: np.ndarray, x_prev: np.ndarray, w, state: HeadLayerState, shape: ModelShape) -> np.ndarray:
+def time_mix(x: np.ndarray, x_prev: np.ndarray, w, state: HeadLayerState, shape: ModelShape,
+             group_norm_eps: float) -> np.ndarray:
     """Multi-head WKV with per-token decay, group-normed and gated by silu(g). x, x_prev: (C,) normed."""
     H, S = shape.n_head, shape.head_size
     xs = ddlerp(x, x_prev, w)
@@ -44,7 +44,7 @@ def time_mix(x: np.ndarray, x_prev: np.ndarray, w, state: HeadLayerState, shape:
     decay_factor = np.exp(-np.exp(decay))  # in (0, 1), per channel, for this token
     u = w["att.time_faaaa"].reshape(H, S)
     y = wkv(r.reshape(H, S), k.reshape(H, S), v.reshape(H, S), decay_factor.reshape(H, S), u, state.heads)
-    y = group_norm(y, w["att.ln_x.weight"], w["att.ln_x.bias"], H, GROUP_NORM_EPS)
+    y = group_norm(y, w["att.ln_x.weight"], w["att.ln_x.bias"], H, group_norm_eps)
     return w["att.output.weight"] @ (y * g)
 
 
@@ -58,9 +58,9 @@ def channel_mix(x: np.ndarray, x_prev: np.ndarray, w) -> np.ndarray:
     return r * (w["ffn.value.weight"] @ k)
 
 
-def block(x: np.ndarray, w, state: HeadLayerState, shape: ModelShape) -> np.ndarray:
+def block(x: np.ndarray, w, state: HeadLayerState, shape: ModelShape, group_norm_eps: float) -> np.ndarray:
     """One layer: x += TimeMix(LN1(x)); x += ChannelMix(LN2(x)). x: (C,) residual stream."""
     a = layer_norm(x, w["ln1.weight"], w["ln1.bias"])
-    x = x + time_mix(a, token_shift(state.att_xx, a), w, state, shape)
+    x = x + time_mix(a, token_shift(state.att_xx, a), w, state, shape, group_norm_eps)
     f = layer_norm(x, w["ln2.weight"], w["ln2.bias"])
     return x + channel_mix(f, token_shift(state.ffn_xx, f), w)

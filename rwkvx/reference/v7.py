@@ -16,7 +16,6 @@ from ..architecture import ModelShape
 from .common import group_norm, l2_normalize_heads, layer_norm, relu_squared, sigmoid, token_shift, vector
 from .state import HeadLayerState
 
-GROUP_NORM_EPS = 64e-5
 # w = exp(-e^-0.5 * sigmoid(z)) lies in (e^-0.6065, 1): the decay can never erase the state in one step.
 DECAY_SCALE = np.exp(-0.5)
 
@@ -36,7 +35,7 @@ def wkv(r, w, k, v, a, b, heads: np.ndarray) -> np.ndarray:
     return y.reshape(-1)
 
 
-def time_mix(x, x_prev, w, state: HeadLayerState, shape: ModelShape, v_first):
+def time_mix(x, x_prev, w, state: HeadLayerState, shape: ModelShape, v_first, group_norm_eps: float):
     """Returns (output (C,), v_first (C,)); pass v_first=None for layer 0, which defines it."""
     H, S = shape.n_head, shape.head_size
     sx = x_prev - x
@@ -62,7 +61,7 @@ def time_mix(x, x_prev, w, state: HeadLayerState, shape: ModelShape, v_first):
         return z.reshape(H, S)
 
     y = wkv(heads_of(r), heads_of(decay), heads_of(k), heads_of(v), heads_of(-kk), heads_of(kk * a), state.heads)
-    y = group_norm(y, w["att.ln_x.weight"], w["att.ln_x.bias"], H, GROUP_NORM_EPS)
+    y = group_norm(y, w["att.ln_x.weight"], w["att.ln_x.bias"], H, group_norm_eps)
     # Bonus for the current token, per head: (r . (k * r_k)) * v.
     bonus = (heads_of(r) * heads_of(k) * w["att.r_k"].reshape(H, S)).sum(axis=1, keepdims=True) * heads_of(v)
     y = y + bonus.reshape(-1)
@@ -75,10 +74,10 @@ def channel_mix(x: np.ndarray, x_prev: np.ndarray, w) -> np.ndarray:
     return w["ffn.value.weight"] @ relu_squared(w["ffn.key.weight"] @ xk)
 
 
-def block(x: np.ndarray, w, state: HeadLayerState, shape: ModelShape, v_first):
+def block(x: np.ndarray, w, state: HeadLayerState, shape: ModelShape, v_first, group_norm_eps: float):
     """One layer; returns (x, v_first). x: (C,) residual stream; v_first None at layer 0."""
     a = layer_norm(x, w["ln1.weight"], w["ln1.bias"])
-    att, v_first = time_mix(a, token_shift(state.att_xx, a), w, state, shape, v_first)
+    att, v_first = time_mix(a, token_shift(state.att_xx, a), w, state, shape, v_first, group_norm_eps)
     x = x + att
     f = layer_norm(x, w["ln2.weight"], w["ln2.bias"])
     return x + channel_mix(f, token_shift(state.ffn_xx, f), w), v_first
