@@ -18,6 +18,15 @@ from .perplexity import perplexity  # eager: `rwkvx.perplexity` must stay the fu
 __version__ = "0.1.0"
 
 
+def _cpu_info() -> dict:
+    """What rwkvx can run on here: CPU kernels compiled / supported / active, and "gpu": the CUDA
+    devices found for offload, or why none (asking may import PyCUDA; `import rwkvx` never does)."""
+    from .cpu import cpu_info
+    from .cuda import gpu_info
+
+    return {**cpu_info(), "gpu": gpu_info()}
+
+
 def __getattr__(name):
     # The compiled core is imported on first use, so tools that only need the
     # pure-Python parts (file reader, reference) work without a build.
@@ -30,9 +39,7 @@ def __getattr__(name):
 
         return State
     if name == "cpu_info":
-        from .cpu import cpu_info
-
-        return cpu_info
+        return _cpu_info
     if name == "Offload":
         from .offload import Offload
 

@@ -15,7 +15,17 @@ def _cpu_section() -> str:
     return format_cpu_info()
 
 
-SECTIONS: list[tuple[str, Callable[[], str]]] = [("CPU kernels", _cpu_section)]
+def _gpu_section() -> str:
+    from .cuda import gpu_info
+
+    info = gpu_info()
+    if not info["available"]:
+        return f"none: {info['reason']}"
+    return "\n".join(f"cuda:{d['index']}  {d['name']}, compute capability {d['compute_capability'][0]}."
+                     f"{d['compute_capability'][1]}, {d['total_memory'] / 2**30:.1f} GiB" for d in info["devices"])
+
+
+SECTIONS: list[tuple[str, Callable[[], str]]] = [("CPU kernels", _cpu_section), ("GPU offload", _gpu_section)]
 
 
 def main() -> int:

@@ -30,7 +30,9 @@ def pytest_report_header(config):
     try:
         import rwkvx
 
-        info = rwkvx.cpu_info() if hasattr(rwkvx, "cpu_info") else None
-        return f"rwkvx kernels: {info}" if info else None
+        info = rwkvx.cpu_info()
+        gpu = "yes" if info["gpu"]["available"] else "none"
+        return (f"rwkvx kernels: active {info['active']}, supported {', '.join(info['supported'])}, "
+                f"compiled {', '.join(info['compiled'])}; GPU: {gpu}")
     except Exception as e:  # the header must never break collection
         return f"rwkvx kernels: unavailable ({e})"

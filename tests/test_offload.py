@@ -302,6 +302,20 @@ def test_gpu_info_reports_why_there_is_no_gpu():
         assert info["devices"] == [] and info["reason"]
 
 
+def test_cpu_info_and_python_m_rwkvx_report_the_gpu_or_why_none():
+    import subprocess
+
+    import rwkvx
+    from rwkvx.cuda import gpu_info
+
+    info = rwkvx.cpu_info()
+    assert info["gpu"] == gpu_info() and "active" in info
+    out = subprocess.run([sys.executable, "-m", "rwkvx"], capture_output=True, text=True, check=True).stdout
+    section = out[out.index("[GPU offload]"):]
+    if not info["gpu"]["available"]:
+        assert info["gpu"]["reason"] in section
+
+
 def test_importing_rwkvx_and_planning_never_import_pycuda():
     code = ("import sys, rwkvx, rwkvx.offload, rwkvx.cuda, rwkvx.cuda.runner, rwkvx.cuda.backend;"
             "from rwkvx.offload import Offload; from rwkvx.architecture import ModelShape;"
