@@ -27,52 +27,33 @@ def _cpu_info() -> dict:
     return {**cpu_info(), "gpu": gpu_info()}
 
 
+# Public names imported on first use (module, attribute), so `import rwkvx` stays light and the
+# pure-Python parts (file reader, reference) work before the compiled core is built.
+_LAZY = {
+    "load": (".model", "load"),
+    "Model": (".model", "Model"),
+    "State": (".state", "State"),
+    "Offload": (".offload", "Offload"),
+    "GPUUnavailableError": (".cuda.errors", "GPUUnavailableError"),
+    "convert": (".formats.convert", "convert"),
+    "quantize": (".formats.quantize", "quantize_file"),
+    "Tokenizer": (".tokenizer", "Tokenizer"),
+    "Sampler": (".sampling", "Sampler"),
+    "generate": (".generation", "generate"),
+    "save_state": (".state_io", "save_state"),
+    "load_state": (".state_io", "load_state"),
+}
+
+
 def __getattr__(name):
-    # The compiled core is imported on first use, so tools that only need the
-    # pure-Python parts (file reader, reference) work without a build.
-    if name in ("load", "Model"):
-        from . import model
-
-        return getattr(model, name)
-    if name == "State":
-        from .state import State
-
-        return State
     if name == "cpu_info":
         return _cpu_info
-    if name == "Offload":
-        from .offload import Offload
+    if name not in _LAZY:
+        raise AttributeError(f"module 'rwkvx' has no attribute {name!r}")
+    import importlib
 
-        return Offload
-    if name == "GPUUnavailableError":
-        from .cuda.errors import GPUUnavailableError
-
-        return GPUUnavailableError
-    if name == "convert":
-        from .formats.convert import convert
-
-        return convert
-    if name == "quantize":
-        from .formats.quantize import quantize_file
-
-        return quantize_file
-    if name == "Tokenizer":
-        from .tokenizer import Tokenizer
-
-        return Tokenizer
-    if name == "Sampler":
-        from .sampling import Sampler
-
-        return Sampler
-    if name == "generate":
-        from .generation import generate
-
-        return generate
-    if name in ("save_state", "load_state"):
-        from . import state_io
-
-        return getattr(state_io, name)
-    raise AttributeError(f"module 'rwkvx' has no attribute {name!r}")
+    module, attribute = _LAZY[name]
+    return getattr(importlib.import_module(module, __name__), attribute)
 
 
 __all__ = ["BackendError", "GPUUnavailableError", "MissingTensorError", "Model", "ModelFormatError", "Offload",
