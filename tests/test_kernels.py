@@ -3,7 +3,10 @@
 Weights are written as raw rwkv.cpp bytes at arbitrary byte offsets (as in a memory-mapped file).
 Three kinds of input:
 - exact: unit scales, integer offsets and small integer activations, so every partial sum is an
-  integer below 2**24 and every kernel must give the exact result, whatever its summation order;
+  integer below 2**24 and every kernel must give the exact result, whatever its summation order.
+  For quantized weights each activation block also holds a +-127, so its int8 scale is exactly 1 and
+  its quants are the activations themselves: the integer block dot products (int4/5/8 x int8) of
+  every SIMD level must then equal the scalar reference's (and NumPy's) exactly;
 - random: results may differ from the reference only by summation order (weights are dequantized
   to the same float32 values), bounded by REORDER_TOLERANCE;
 - extreme: all nibbles at -8 / +7, every INT5 high bit set or clear, INT8 at -128 / 127, zero scales.
@@ -13,6 +16,7 @@ import pytest
 
 from rwkvx import _core
 from rwkvx.formats.ggml_types import BLOCK_DTYPES, QK, dequantize, ggml_type
+from rwkvx.reference.activations import QuantizedMatrix, block_mins, quantize_activations
 
 TYPES = ("FP32", "FP16", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0")
 QUANTIZED = TYPES[2:]
@@ -101,6 +105,30 @@ def dequantized(raw, type_name, n_rows, n_in):
     return dequantize(np.ascontiguousarray(raw), type_name, n_rows * n_in).reshape(n_rows, n_in)
 
 
+def unit_scale_activations(x, type_name):
+    """For quantized weights: put +-127 at the start of every 32-block so the block's int8 scale is 1."""
+    if type_name in QUANTIZED:
+        x = x.copy()
+        x[:, ::QK] = np.where(np.arange(x.shape[0])[:, None] % 2 == 0, 127.0, -127.0)
+    return x
+
+
+def numpy_product(raw, type_name, n_rows, n_in, x):
+    """float64 [T, n_rows]: W x as the C core defines it (activations quantized per block for quantized W)."""
+    w = dequantized(raw, type_name, n_rows, n_in).astype(np.float64)
+    if type_name not in QUANTIZED:
+        return x.astype(np.float64) @ w.T
+    m = QuantizedMatrix(w, type_name, block_mins(raw, type_name, (n_rows, n_in)))
+    return np.stack([m @ row for row in x])
+
+
+def effective_activations(x, type_name):
+    """What the kernels multiply the weights by: x itself, or its per-block dequantized int8 quants."""
+    if type_name not in QUANTIZED:
+        return x
+    return np.stack([quantize_activations(row).values for row in x]).astype(np.float32)
+
+
 def run(isa, type_name, raw, n_in, n_rows, x):
     return _core.matmul_with(isa, ggml_type(type_name).id, raw, n_in, n_rows, np.ascontiguousarray(x))
 
@@ -140,7 +168,7 @@ def test_exact_inputs_give_exact_results(isa, type_name):
     rng = np.random.default_rng(1)
     for i, (n_rows, n_in) in enumerate(edge_shapes(type_name)):
         raw = random_weights(type_name, n_rows, n_in, rng, kind="exact")
-        x = rng.integers(-3, 4, size=(3, n_in)).astype(np.float32)
+        x = unit_scale_activations(rng.integers(-3, 4, size=(3, n_in)).astype(np.float32), type_name)
         expected = (x.astype(np.float64) @ dequantized(raw, type_name, n_rows, n_in).T.astype(np.float64))
         actual = run(isa, type_name, misaligned(raw, i % 4), n_in, n_rows, x)
         assert_exact(actual, expected.astype(np.float32), f"{isa} {type_name} {n_rows}x{n_in} exact")
@@ -157,9 +185,10 @@ def test_edge_sizes_match_reference(isa, type_name):
         w = dequantized(raw, type_name, n_rows, n_in)
         expected = run("scalar", type_name, raw, n_in, n_rows, x)
         if isa == "scalar":  # the oracle itself, against NumPy in float64
-            expected = (x.astype(np.float64) @ w.T.astype(np.float64)).astype(np.float32)
+            expected = numpy_product(raw, type_name, n_rows, n_in, x).astype(np.float32)
         actual = run(isa, type_name, misaligned(raw, i % 4), n_in, n_rows, x)
-        assert_within_reorder(actual, expected, w, x, f"{isa} {type_name} {n_rows}x{n_in}")
+        assert_within_reorder(actual, expected, w, effective_activations(x, type_name),
+                              f"{isa} {type_name} {n_rows}x{n_in}")
 
 
 @pytest.mark.parametrize("offset", MISALIGNMENTS)
@@ -183,8 +212,8 @@ def test_extreme_quants(isa, type_name, pattern):
     usable(isa)
     n_rows, n_in = 9, 7 * QK
     raw = extreme_weights(type_name, n_rows, n_in, pattern)
-    x = np.random.default_rng(4).integers(-3, 4, size=(2, n_in)).astype(np.float32)
-    # scales 0.5 / 0 and offset -1.5 make every weight, product and partial sum exact in float32
+    x = unit_scale_activations(np.random.default_rng(4).integers(-3, 4, size=(2, n_in)).astype(np.float32), type_name)
+    # scales 0.5 / 0, offset -1.5 and unit activation scales make every product and partial sum exact
     expected = (x.astype(np.float64) @ dequantized(raw, type_name, n_rows, n_in).T).astype(np.float32)
     assert_exact(run(isa, type_name, misaligned(raw, 1), n_in, n_rows, x), expected,
                  f"{isa} {type_name} pattern {pattern}")
@@ -200,7 +229,8 @@ def test_real_shapes_match_reference(isa, type_name):
         x = rng.standard_normal((2, n_in)).astype(np.float32)
         expected = run("scalar", type_name, raw, n_in, n_rows, x)
         actual = run(isa, type_name, misaligned(raw, 3), n_in, n_rows, x)
-        assert_within_reorder(actual, expected, dequantized(raw, type_name, n_rows, n_in), x,
+        assert_within_reorder(actual, expected, dequantized(raw, type_name, n_rows, n_in),
+                              effective_activations(x, type_name),
                               f"{isa} {type_name} {n_rows}x{n_in}")
 
 
@@ -226,3 +256,17 @@ def test_unusable_level_is_refused():
 
     with pytest.raises(BackendError, match="not usable"):
         run(unusable[0], "FP32", np.zeros(4 * 32, np.uint8), 32, 1, np.zeros((1, 32), np.float32))
+
+
+@pytest.mark.parametrize("type_name", QUANTIZED)
+def test_activation_quantization_follows_ggml_rules(type_name):
+    """Hand-checked block: amax 2.54 -> d = 0.02, quants round(x / d) with halves away from zero."""
+    x = np.zeros((1, QK), np.float32)
+    x[0, :4] = [2.54, -0.03, 0.01, 1.27]  # q = 127, -1.5 -> -2, 0.5 -> 1, 63.5 -> 64
+    q = quantize_activations(x[0])
+    d = np.float64(np.float16(np.float32(2.54) / np.float32(127)))
+    np.testing.assert_array_equal(q.values[:4] / d, [127, -2, 1, 64])
+    # the C kernels see the same quants: W = identity rows of one block with unit weights
+    raw = random_weights(type_name, 4, QK, np.random.default_rng(0), kind="exact")
+    assert_exact(run("scalar", type_name, raw, QK, 4, x).astype(np.float64),
+                 numpy_product(raw, type_name, 4, QK, x).astype(np.float32).astype(np.float64), type_name)

@@ -80,7 +80,11 @@ static void detect_features(void) {
     detect_x86();
 #elif defined(RWKVX_ARM64_LINUX)
     const unsigned long hwcap = getauxval(AT_HWCAP);
+#ifdef HWCAP_ASIMD
     features[FEATURE_neon] = (hwcap & HWCAP_ASIMD) != 0;
+#else
+    features[FEATURE_neon] = 1; /* old headers: ASIMD is part of the aarch64 baseline anyway */
+#endif
 #ifdef HWCAP_ASIMDDP
     features[FEATURE_asimddp] = (hwcap & HWCAP_ASIMDDP) != 0;
 #endif
@@ -102,12 +106,14 @@ int rwkvx_cpu_feature_present(int i) {
 static const rwkvx_kernel_table table_ref = {
     .isa = "scalar",
     .matmul = rwkvx_matmul_ref,
+    .matmul_q8 = rwkvx_matmul_q8_ref,
     .dequant_row = rwkvx_dequant_row_ref,
 };
 #ifdef RWKVX_HAVE_AVX2
 static const rwkvx_kernel_table table_avx2 = {
     .isa = "avx2",
     .matmul = rwkvx_matmul_avx2,
+    .matmul_q8 = rwkvx_matmul_q8_avx2,
     .dequant_row = rwkvx_dequant_row_ref, /* one row per token: not worth a variant */
 };
 #endif
@@ -115,6 +121,7 @@ static const rwkvx_kernel_table table_avx2 = {
 static const rwkvx_kernel_table table_avx512 = {
     .isa = "avx512",
     .matmul = rwkvx_matmul_avx512,
+    .matmul_q8 = rwkvx_matmul_q8_avx512,
     .dequant_row = rwkvx_dequant_row_ref,
 };
 #endif
@@ -122,6 +129,7 @@ static const rwkvx_kernel_table table_avx512 = {
 static const rwkvx_kernel_table table_neon = {
     .isa = "neon",
     .matmul = rwkvx_matmul_neon,
+    .matmul_q8 = rwkvx_matmul_q8_neon,
     .dequant_row = rwkvx_dequant_row_ref,
 };
 #endif

@@ -38,8 +38,9 @@ static const rwkvx_tensor *mat(const rwkvx_layer *L, int slot) { return &L->t[sl
 
 typedef struct matmul_job {
     const rwkvx_tensor *w;
-    const float *x;
+    const float *x; /* float activations (F32/F16 weights) */
     int64_t ldx, T;
+    const rwkvx_q8_acts *xq; /* quantized activations (quantized weights), else NULL */
     float *y;
     int64_t ldy;
 } matmul_job;
@@ -52,18 +53,29 @@ static void matmul_rows(void *ctx, int64_t begin, int64_t end) {
     const size_t row_bytes = rwkvx_row_bytes(w->type, (size_t)w->n_in);
     const rwkvx_tensor part = {(const uint8_t *)w->data + (size_t)begin * row_bytes, w->type, w->n_in,
                                (int32_t)(end - begin)};
-    rwkvx_kernels->matmul(&part, job->x, job->ldx, job->T, job->y + begin, job->ldy);
+    if (job->xq != NULL)
+        rwkvx_kernels->matmul_q8(&part, job->xq, job->y + begin, job->ldy);
+    else
+        rwkvx_kernels->matmul(&part, job->x, job->ldx, job->T, job->y + begin, job->ldy);
 }
 
+/* y = W x for T rows. Quantized weights: the activations are quantized once
+ * here, for all T rows, and every thread's slice of rows reads the same quants. */
 static void matmul(const rwkvx_model *m, const rwkvx_tensor *w, const float *x, int64_t ldx, int64_t T, float *y,
                    int64_t ldy) {
     const int64_t bytes = (int64_t)rwkvx_row_bytes(w->type, (size_t)w->n_in) * w->n_rows * T;
-    if (m->pool == NULL || bytes < m->parallel_min_bytes) {
-        rwkvx_kernels->matmul(w, x, ldx, T, y, ldy);
-        return;
+    matmul_job job = {w, x, ldx, T, NULL, y, ldy};
+    rwkvx_q8_acts xq;
+    if (rwkvx_type_is_quantized(w->type)) {
+        /* no error path out of the layer code: like the kernels' row buffers, only exhausted memory fails */
+        if (rwkvx_q8_acts_quantize(&xq, w->type, x, ldx, T, w->n_in) != RWKVX_OK) abort();
+        job.xq = &xq;
     }
-    matmul_job job = {w, x, ldx, T, y, ldy};
-    rwkvx_pool_run(m->pool, matmul_rows, &job, w->n_rows, RWKVX_ROW_GRAIN);
+    if (m->pool == NULL || bytes < m->parallel_min_bytes)
+        matmul_rows(&job, 0, w->n_rows);
+    else
+        rwkvx_pool_run(m->pool, matmul_rows, &job, w->n_rows, RWKVX_ROW_GRAIN);
+    if (job.xq != NULL) rwkvx_q8_acts_free(&xq);
 }
 
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }

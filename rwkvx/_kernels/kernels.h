@@ -18,9 +18,54 @@ typedef void (*rwkvx_matmul_fn)(const rwkvx_tensor *w, const float *x, int64_t l
 /* Row r of W dequantized into out[W->n_in] (embedding lookup). */
 typedef void (*rwkvx_dequant_row_fn)(const rwkvx_tensor *w, int64_t row, float *out);
 
+/* Activations quantized per 32-block for the integer products with quantized
+ * weights (ggml's quantize_row_q8_0/q8_1 reference rules): d = amax/127 rounded
+ * to fp16, q = roundf(x / d) computed as x * (1/d) in float32, and for weights
+ * of a _1 type s = fp16(float(sum q) * d), with the unrounded d.
+ *
+ * Laid out for SIMD loads: every per-block field is an 8-lane vector, and each
+ * token holds stride_blocks (n_blocks rounded up to even) blocks, the padding
+ * all zero, so a kernel may read blocks in pairs. */
+typedef struct rwkvx_q8_acts {
+    int64_t n_tokens;
+    int64_t n_blocks;      /* real blocks per token: n_in / 32 */
+    int64_t stride_blocks; /* blocks per token in the arrays (n_blocks rounded up to even) */
+    int8_t *qs;            /* [n_tokens][stride_blocks][32] quants */
+    float *dv;             /* [n_tokens][stride_blocks][8]: the block's d in all 8 lanes */
+    /* [n_tokens][stride_blocks][8]; lanes 1-7 zero. Lane 0: for _0 weight types
+     * -offset * sum(q) as int32 (offset 8 / 16 / 128 for Q4_0 / Q5_0 / Q8_0: the
+     * correction that turns a dot with the unsigned codes u = q_w + offset into
+     * the signed dot); for _1 types the bits of the float s. */
+    int32_t *aux;
+    void *memory;
+} rwkvx_q8_acts;
+
+/* Quantize T rows of n_in floats (ldx apart; n_in a multiple of 32) for products
+ * with weights of weight_type. Allocates a->memory (free with rwkvx_q8_acts_free).
+ * Returns RWKVX_OK or RWKVX_ERR_ALLOC. The same scalar code on every ISA, so the
+ * quants never depend on the kernel level. */
+int rwkvx_q8_acts_quantize(rwkvx_q8_acts *a, int weight_type, const float *x, int64_t ldx, int64_t n_tokens,
+                           int64_t n_in);
+void rwkvx_q8_acts_free(rwkvx_q8_acts *a);
+/* 1 for the block-quantized types (integer products), 0 for F32/F16. */
+int rwkvx_type_is_quantized(int type);
+/* The offset added to a _0 type's signed codes to make them unsigned (0 for _1 types). */
+int32_t rwkvx_type_code_offset(int type);
+
+/* y[t][o] = sum over blocks b of (float)(integer dot of block b) * d_w * d_x (+ m_w * s_x)
+ * for a quantized W and activations quantized for W's type. Per output element
+ * the same operations whatever n_tokens is. */
+typedef void (*rwkvx_matmul_q8_fn)(const rwkvx_tensor *w, const rwkvx_q8_acts *x, float *y, int64_t ldy);
+
+/* The float-activation contract of rwkvx_matmul_fn for a quantized W: quantize x,
+ * then fn (one call: used by the per-ISA matmul entries for quantized types). */
+void rwkvx_matmul_via_q8(rwkvx_matmul_q8_fn fn, const rwkvx_tensor *w, const float *x, int64_t ldx,
+                         int64_t n_tokens, float *y, int64_t ldy);
+
 typedef struct rwkvx_kernel_table {
     const char *isa;
-    rwkvx_matmul_fn matmul;
+    rwkvx_matmul_fn matmul;       /* every type; quantized ones through matmul_q8 */
+    rwkvx_matmul_q8_fn matmul_q8; /* quantized types, activations already quantized */
     rwkvx_dequant_row_fn dequant_row;
 } rwkvx_kernel_table;
 
@@ -50,6 +95,10 @@ int rwkvx_cpu_feature_present(int i);
 void rwkvx_matmul_ref(const rwkvx_tensor *w, const float *x, int64_t ldx,
                       int64_t n_tokens, float *y, int64_t ldy);
 void rwkvx_dequant_row_ref(const rwkvx_tensor *w, int64_t row, float *out);
+void rwkvx_matmul_q8_ref(const rwkvx_tensor *w, const rwkvx_q8_acts *x, float *y, int64_t ldy);
+void rwkvx_matmul_q8_avx2(const rwkvx_tensor *w, const rwkvx_q8_acts *x, float *y, int64_t ldy);
+void rwkvx_matmul_q8_avx512(const rwkvx_tensor *w, const rwkvx_q8_acts *x, float *y, int64_t ldy);
+void rwkvx_matmul_q8_neon(const rwkvx_tensor *w, const rwkvx_q8_acts *x, float *y, int64_t ldy);
 /* SIMD variants of rwkvx_matmul_ref (same contract; per output element the same
  * operations whatever n_tokens is, so sequence mode stays bit-identical). */
 void rwkvx_matmul_avx2(const rwkvx_tensor *w, const float *x, int64_t ldx,

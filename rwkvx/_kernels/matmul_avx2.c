@@ -1,9 +1,8 @@
 /* AVX2 (+ FMA, F16C) matrix products for every weight type.
  *
- * Same contract and structure as matmul_avx512.c: each 32-weight block is
- * decoded into four 8-float vectors holding exactly the reference's
- * dequantized values, then multiplied into float32 activations (never
- * quantized). Four accumulators per token, a zero-padded partial block for
+ * F32/F16 (this part): same structure as matmul_avx512.c: each 32-weight block
+ * is converted into four 8-float vectors, then multiplied into float32
+ * activations. Quantized types: integer products, second half of this file. Four accumulators per token, a zero-padded partial block for
  * F32/F16 rows whose length is not a multiple of 32, one fixed reduction:
  * every output element is computed the same way whatever the token count.
  * Tiles of TOKEN_TILE tokens share each decoded block (16 ymm registers allow 2).
@@ -23,79 +22,12 @@ FORCE_INLINE size_t block_bytes(int type) {
 
 FORCE_INLINE float load_half_f32(const uint8_t *p) { return _cvtsh_ss(rwkvx_load_half(p)); }
 
-/* 8 bytes at p as int32 lanes, signed or unsigned. */
-FORCE_INLINE __m256i widen_i8(const uint8_t *p) { return _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
-
-/* The 32 nibbles of 16 bytes in element order: low nibbles are elements 0-15, high ones 16-31. */
-FORCE_INLINE void nibbles(__m128i qs, __m256i q[4]) {
-    const __m128i mask = _mm_set1_epi8(0x0f);
-    const __m128i lo = _mm_and_si128(qs, mask), hi = _mm_and_si128(_mm_srli_epi16(qs, 4), mask);
-    q[0] = _mm256_cvtepu8_epi32(lo);
-    q[1] = _mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8));
-    q[2] = _mm256_cvtepu8_epi32(hi);
-    q[3] = _mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8));
-}
-
-/* Add 16 to the lanes of q[k] (elements 8k..8k+7) whose bit is set in qh: INT5's fifth bit. */
-FORCE_INLINE void add_high_bits(__m256i q[4], uint32_t qh) {
-    const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-    const __m256i sixteen = _mm256_set1_epi32(16);
-    for (int k = 0; k < 4; k++) {
-        const __m256i bits = _mm256_and_si256(_mm256_set1_epi32((int32_t)((qh >> (8 * k)) & 0xffu)), lane_bit);
-        const __m256i set = _mm256_cmpeq_epi32(bits, lane_bit);
-        q[k] = _mm256_add_epi32(q[k], _mm256_and_si256(set, sixteen));
-    }
-}
-
-/* w[k] = d * (q[k] - offset) (+ m): the reference's rounding, multiply then add. */
-FORCE_INLINE void scale(const __m256i q[4], int32_t offset, float d, const float *m, __m256 w[4]) {
-    const __m256 vd = _mm256_set1_ps(d);
-    const __m256i voff = _mm256_set1_epi32(offset);
-    for (int k = 0; k < 4; k++) {
-        w[k] = _mm256_mul_ps(vd, _mm256_cvtepi32_ps(_mm256_sub_epi32(q[k], voff)));
-        if (m != NULL) w[k] = _mm256_add_ps(w[k], _mm256_set1_ps(*m));
-    }
-}
-
-/* Decode one block at p into w[0..3] (elements 0-7, 8-15, 16-23, 24-31). */
+/* Decode one F32/F16 block at p into w[0..3] (elements 0-7, 8-15, 16-23, 24-31). */
 FORCE_INLINE void decode_block(int type, const uint8_t *p, __m256 w[4]) {
-    __m256i q[4];
-    uint32_t qh;
-    float m;
-    switch (type) {
-    case RWKVX_TYPE_F32:
+    if (type == RWKVX_TYPE_F32)
         for (int k = 0; k < 4; k++) w[k] = _mm256_loadu_ps((const float *)p + 8 * k);
-        return;
-    case RWKVX_TYPE_F16:
+    else
         for (int k = 0; k < 4; k++) w[k] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16 * k)));
-        return;
-    case RWKVX_TYPE_Q8_0:
-        for (int k = 0; k < 4; k++) q[k] = widen_i8(p + 2 + 8 * k);
-        scale(q, 0, load_half_f32(p), NULL, w);
-        return;
-    case RWKVX_TYPE_Q4_0:
-        nibbles(_mm_loadu_si128((const __m128i *)(p + 2)), q);
-        scale(q, 8, load_half_f32(p), NULL, w);
-        return;
-    case RWKVX_TYPE_Q4_1:
-        nibbles(_mm_loadu_si128((const __m128i *)(p + 4)), q);
-        m = load_half_f32(p + 2);
-        scale(q, 0, load_half_f32(p), &m, w);
-        return;
-    case RWKVX_TYPE_Q5_0:
-        memcpy(&qh, p + 2, 4); /* little-endian, as rwkvx_load_qh reads it */
-        nibbles(_mm_loadu_si128((const __m128i *)(p + 6)), q);
-        add_high_bits(q, qh);
-        scale(q, 16, load_half_f32(p), NULL, w);
-        return;
-    case RWKVX_TYPE_Q5_1:
-        memcpy(&qh, p + 4, 4);
-        nibbles(_mm_loadu_si128((const __m128i *)(p + 8)), q);
-        add_high_bits(q, qh);
-        m = load_half_f32(p + 2);
-        scale(q, 0, load_half_f32(p), &m, w);
-        return;
-    }
 }
 
 FORCE_INLINE float reduce8(__m256 v) {
@@ -161,11 +93,117 @@ void rwkvx_matmul_avx2(const rwkvx_tensor *w, const float *x, int64_t ldx, int64
     switch (w->type) {
     case RWKVX_TYPE_F32: matmul_typed(RWKVX_TYPE_F32, w, x, ldx, n_tokens, y, ldy); return;
     case RWKVX_TYPE_F16: matmul_typed(RWKVX_TYPE_F16, w, x, ldx, n_tokens, y, ldy); return;
-    case RWKVX_TYPE_Q8_0: matmul_typed(RWKVX_TYPE_Q8_0, w, x, ldx, n_tokens, y, ldy); return;
-    case RWKVX_TYPE_Q5_1: matmul_typed(RWKVX_TYPE_Q5_1, w, x, ldx, n_tokens, y, ldy); return;
-    case RWKVX_TYPE_Q5_0: matmul_typed(RWKVX_TYPE_Q5_0, w, x, ldx, n_tokens, y, ldy); return;
-    case RWKVX_TYPE_Q4_1: matmul_typed(RWKVX_TYPE_Q4_1, w, x, ldx, n_tokens, y, ldy); return;
-    case RWKVX_TYPE_Q4_0: matmul_typed(RWKVX_TYPE_Q4_0, w, x, ldx, n_tokens, y, ldy); return;
-    default: rwkvx_matmul_ref(w, x, ldx, n_tokens, y, ldy); return; /* unknown types never reach here */
+    default: rwkvx_matmul_via_q8(rwkvx_matmul_q8_avx2, w, x, ldx, n_tokens, y, ldy); return;
+    }
+}
+
+/* ---- integer products for quantized weights ------------------------------------
+ *
+ * One block per ymm. vpmaddubsw multiplies unsigned by signed bytes into int16
+ * pairs, vpmaddwd with ones sums those into 8 int32 lanes. Pairs must not
+ * saturate: 4/5-bit codes u <= 31 give |pair| <= 2*31*127; Q8_0 codes use the
+ * sign trick instead (|q_w| as unsigned, q_x carrying q_w's sign; |pair| <=
+ * 2*128*127 < 32767), which needs no offset correction. For Q4_0/Q5_0 the aux
+ * lanes (-offset * sum(q_x) in lane 0) are added, so a block's lanes sum to the
+ * signed integer dot exactly as the scalar reference computes it. Lanes are
+ * converted to float, scaled by d_w * d_x, accumulated; _1 types add m_w * s_x.
+ * Tiles of ROW_TILE rows x Q_TOKEN_TILE tokens, same per-element operations
+ * whatever the tile.
+ */
+
+#define ROW_TILE 2
+#define Q_TOKEN_TILE 2
+
+FORCE_INLINE __m256i nibble_codes(const uint8_t *qs) {
+    const __m128i q = _mm_loadu_si128((const __m128i *)qs), mask = _mm_set1_epi8(0x0f);
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_and_si128(q, mask)),
+                                   _mm_and_si128(_mm_srli_epi16(q, 4), mask), 1);
+}
+
+/* Byte j = 16 where bit j of qh is set, else 0. */
+FORCE_INLINE __m256i high_bits_16(const uint8_t *qh_p) {
+    uint32_t qh;
+    memcpy(&qh, qh_p, 4); /* little-endian, as rwkvx_load_qh reads it */
+    const __m256i spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32((int32_t)qh),
+        _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
+    const __m256i bit = _mm256_set1_epi64x((int64_t)0x8040201008040201ull);
+    const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+    return _mm256_and_si256(set, _mm256_set1_epi8(16));
+}
+
+/* One block of a row: codes (unsigned; Q8_0: signed q_w), d, m. */
+FORCE_INLINE __m256i block_codes(int type, const uint8_t *p, __m256 *d, __m256 *m) {
+    *d = _mm256_set1_ps(load_half_f32(p));
+    *m = _mm256_setzero_ps();
+    switch (type) {
+    case RWKVX_TYPE_Q8_0: return _mm256_loadu_si256((const __m256i *)(p + 2));
+    case RWKVX_TYPE_Q4_0: return nibble_codes(p + 2);
+    case RWKVX_TYPE_Q4_1: *m = _mm256_set1_ps(load_half_f32(p + 2)); return nibble_codes(p + 4);
+    case RWKVX_TYPE_Q5_0: return _mm256_or_si256(nibble_codes(p + 6), high_bits_16(p + 2));
+    default: /* Q5_1 */
+        *m = _mm256_set1_ps(load_half_f32(p + 2));
+        return _mm256_or_si256(nibble_codes(p + 8), high_bits_16(p + 4));
+    }
+}
+
+FORCE_INLINE void q8_tile(int type, const uint8_t *row, size_t row_bytes, int nr, const rwkvx_q8_acts *x,
+                          int64_t t0, int nt, float *y, int64_t ldy, int64_t o) {
+    const int has_m = type == RWKVX_TYPE_Q4_1 || type == RWKVX_TYPE_Q5_1;
+    const size_t block = rwkvx_row_bytes(type, RWKVX_QK);
+    const int64_t nb = x->n_blocks, stride = x->stride_blocks;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[ROW_TILE][Q_TOKEN_TILE];
+    for (int r = 0; r < nr; r++)
+        for (int t = 0; t < nt; t++) acc[r][t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i u[ROW_TILE];
+        __m256 dw[ROW_TILE], mw[ROW_TILE];
+        for (int r = 0; r < nr; r++) u[r] = block_codes(type, row + r * row_bytes + b * block, &dw[r], &mw[r]);
+        for (int t = 0; t < nt; t++) {
+            const int64_t i = (t0 + t) * stride + b; /* every load below is 32-byte aligned */
+            const __m256i xq = _mm256_load_si256((const __m256i *)(x->qs + i * RWKVX_QK));
+            const __m256 dx = _mm256_load_ps(x->dv + i * 8);
+            const __m256i aux = _mm256_load_si256((const __m256i *)(x->aux + i * 8));
+            for (int r = 0; r < nr; r++) {
+                __m256i lanes;
+                if (type == RWKVX_TYPE_Q8_0)
+                    lanes = _mm256_madd_epi16(
+                        _mm256_maddubs_epi16(_mm256_sign_epi8(u[r], u[r]), _mm256_sign_epi8(xq, u[r])), ones);
+                else
+                    lanes = _mm256_madd_epi16(_mm256_maddubs_epi16(u[r], xq), ones);
+                if (type == RWKVX_TYPE_Q4_0 || type == RWKVX_TYPE_Q5_0) lanes = _mm256_add_epi32(lanes, aux);
+                acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), _mm256_mul_ps(dw[r], dx), acc[r][t]);
+                if (has_m) acc[r][t] = _mm256_fmadd_ps(mw[r], _mm256_castsi256_ps(aux), acc[r][t]);
+            }
+        }
+    }
+    for (int r = 0; r < nr; r++)
+        for (int t = 0; t < nt; t++) y[(t0 + t) * ldy + o + r] = reduce8(acc[r][t]);
+}
+
+FORCE_INLINE void q8_typed(int type, const rwkvx_tensor *w, const rwkvx_q8_acts *x, float *y, int64_t ldy) {
+    const size_t rb = rwkvx_row_bytes(type, (size_t)w->n_in);
+    const uint8_t *data = w->data;
+    const int64_t T = x->n_tokens;
+    int64_t o = 0;
+    for (; o + ROW_TILE <= w->n_rows; o += ROW_TILE) {
+        int64_t t0 = 0;
+        for (; t0 + Q_TOKEN_TILE <= T; t0 += Q_TOKEN_TILE)
+            q8_tile(type, data + o * rb, rb, ROW_TILE, x, t0, Q_TOKEN_TILE, y, ldy, o);
+        if (t0 < T) q8_tile(type, data + o * rb, rb, ROW_TILE, x, t0, 1, y, ldy, o);
+    }
+    for (; o < w->n_rows; o++)
+        for (int64_t t0 = 0; t0 < T; t0++) q8_tile(type, data + o * rb, rb, 1, x, t0, 1, y, ldy, o);
+}
+
+void rwkvx_matmul_q8_avx2(const rwkvx_tensor *w, const rwkvx_q8_acts *x, float *y, int64_t ldy) {
+    switch (w->type) {
+    case RWKVX_TYPE_Q8_0: q8_typed(RWKVX_TYPE_Q8_0, w, x, y, ldy); return;
+    case RWKVX_TYPE_Q5_1: q8_typed(RWKVX_TYPE_Q5_1, w, x, y, ldy); return;
+    case RWKVX_TYPE_Q5_0: q8_typed(RWKVX_TYPE_Q5_0, w, x, y, ldy); return;
+    case RWKVX_TYPE_Q4_1: q8_typed(RWKVX_TYPE_Q4_1, w, x, y, ldy); return;
+    case RWKVX_TYPE_Q4_0: q8_typed(RWKVX_TYPE_Q4_0, w, x, y, ldy); return;
+    default: rwkvx_matmul_q8_ref(w, x, y, ldy); return; /* F32/F16 never come here */
     }
 }

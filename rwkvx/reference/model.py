@@ -10,6 +10,7 @@ from ..architecture import (ARCHITECTURES, GROUP_NORM_EPS_OFFICIAL, ModelShape, 
                             expected_tensors, infer_shape)
 from ..errors import MissingTensorError, ModelFormatError, TokenError
 from . import v4, v5, v6, v7
+from .activations import ACTIVATION_MODES, QuantizedMatrix, block_mins
 from .common import layer_norm
 from .state import checked_state_copy, initial_state, layer_view
 
@@ -25,12 +26,21 @@ class ReferenceModel:
              converted once to float64. Tensors the architecture does not read are ignored.
     shape:   the model's ModelShape (rwkvx.architecture.infer_shape).
     group_norm_eps: epsilon of the ln_x group norm (v5+); see rwkvx.architecture.default_group_norm_eps.
+    activations: "exact" multiplies weights by the float64 activations; "q8" emulates the C core, which
+             quantizes activations per 32-block before every product with a block-quantized matrix
+             (see activations.py).
+    quantized: for "q8", tensor name -> (type name, m_w per block (..., n_out, n_in/32) or None) of the
+             matrices stored block-quantized (from_file fills it); ignored for "exact".
     """
 
     def __init__(self, weights: Mapping[str, np.ndarray], shape: ModelShape,
-                 group_norm_eps: float = GROUP_NORM_EPS_OFFICIAL):
+                 group_norm_eps: float = GROUP_NORM_EPS_OFFICIAL, activations: str = "exact",
+                 quantized: Mapping[str, tuple] | None = None):
         if shape.arch not in ARCHITECTURES:
             raise ModelFormatError(f"unknown architecture {shape.arch!r} (known: {', '.join(ARCHITECTURES)})")
+        if activations not in ACTIVATION_MODES:
+            raise ValueError(f"activations must be one of {', '.join(ACTIVATION_MODES)}, not {activations!r}")
+        self.activations = activations
         self.shape = shape
         self.group_norm_eps = float(group_norm_eps)
         needed = expected_tensors(shape)
@@ -45,6 +55,10 @@ class ReferenceModel:
             if _squeezed(array.shape) != _squeezed(expected):
                 raise ModelFormatError(f"tensor {name!r} has shape {array.shape}, expected {expected}")
             params[name] = np.ascontiguousarray(array, dtype=np.float64).reshape(expected)
+        if activations == "q8":
+            for name, (type_name, mins) in (quantized or {}).items():
+                if name in params and name != "emb.weight":  # the embedding is a row lookup, not a product
+                    params[name] = QuantizedMatrix(params[name], type_name, mins)
         self._emb = params["emb.weight"]
         self._ln0 = (params["blocks.0.ln0.weight"], params["blocks.0.ln0.bias"])
         self._ln_out = (params["ln_out.weight"], params["ln_out.bias"])
@@ -56,9 +70,10 @@ class ReferenceModel:
             self._layers.append({n[len(prefix):]: a for n, a in params.items() if n.startswith(prefix)})
 
     @classmethod
-    def from_file(cls, model_file, group_norm_eps: float | None = None) -> "ReferenceModel":
+    def from_file(cls, model_file, group_norm_eps: float | None = None, activations: str = "exact") -> "ReferenceModel":
         """From an open model source (RwkvCppFile, InMemorySource) or the path of an rwkv.cpp .bin
-        (quantized weights dequantized). group_norm_eps defaults to the source's convention."""
+        (quantized weights dequantized). group_norm_eps defaults to the source's convention.
+        activations="q8" emulates the C core's activation quantization (see __init__)."""
         if isinstance(model_file, (str, os.PathLike)):
             from ..formats.rwkvcpp import RwkvCppFile
 
@@ -66,7 +81,14 @@ class ReferenceModel:
         shape = infer_shape({name: info.shape for name, info in model_file.tensors.items()}, model_file.path)
         if group_norm_eps is None:
             group_norm_eps = default_group_norm_eps(shape.arch, model_file.convention)
-        return cls({name: model_file.array(name) for name in expected_tensors(shape)}, shape, group_norm_eps)
+        names = expected_tensors(shape)
+        quantized = {}
+        if activations == "q8":
+            for name in names:
+                info = model_file.tensors[name]
+                if info.type.quantized:
+                    quantized[name] = (info.type.name, block_mins(model_file.raw(name), info.type.name, info.shape))
+        return cls({name: model_file.array(name) for name in names}, shape, group_norm_eps, activations, quantized)
 
     def initial_state(self) -> np.ndarray:
         """A fresh float64 state [state_len] in rwkv.cpp's layout (see state.py)."""

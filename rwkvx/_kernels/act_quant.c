@@ -1,0 +1,103 @@
+/* Per-block int8 quantization of activations (ggml's Q8_0 / Q8_1 reference rules).
+ *
+ * Products with block-quantized weights run on integers: each activation row is
+ * cut into 32-blocks, each block stored as int8 quants and one scale, and block
+ * dot products are int x int8 -> int32, scaled once per block. Doing this for
+ * every token count and on every ISA with this one scalar routine makes the
+ * quants, and so every integer block sum, independent of T and of the level.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+
+#define LANES 8 /* per-block fields are 8-lane vectors (one ymm, half a zmm) */
+
+int rwkvx_type_is_quantized(int type) { return type != RWKVX_TYPE_F32 && type != RWKVX_TYPE_F16; }
+
+int32_t rwkvx_type_code_offset(int type) {
+    switch (type) {
+    case RWKVX_TYPE_Q4_0: return 8;
+    case RWKVX_TYPE_Q5_0: return 16;
+    case RWKVX_TYPE_Q8_0: return 128;
+    default: return 0;
+    }
+}
+
+static int has_min(int type) { return type == RWKVX_TYPE_Q4_1 || type == RWKVX_TYPE_Q5_1; }
+
+static float fp16_rounded(float v) { return rwkvx_half_to_float(rwkvx_float_to_half(v)); }
+
+/* One block of 32 floats -> quants q, scale (as stored: fp16-rounded) and sum(q).
+ * A block with a non-finite value gets quants 0 and scale amax (inf/NaN), so its
+ * products come out NaN, as the float path would give, without undefined casts. */
+static void quantize_block(const float *x, int8_t *q, float *d_stored, float *d_exact, int32_t *sum) {
+    float amax = 0.0f;
+    for (int j = 0; j < RWKVX_QK; j++) {
+        const float a = fabsf(x[j]);
+        amax = (a > amax || a != a) ? a : amax;
+    }
+    *sum = 0;
+    if (!isfinite(amax)) {
+        memset(q, 0, RWKVX_QK);
+        *d_stored = *d_exact = amax;
+        return;
+    }
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    for (int j = 0; j < RWKVX_QK; j++) {
+        q[j] = (int8_t)roundf(x[j] * id); /* |x * id| <= 127 (+ rounding): fits */
+        *sum += q[j];
+    }
+    *d_exact = d;
+    *d_stored = fp16_rounded(d);
+}
+
+int rwkvx_q8_acts_quantize(rwkvx_q8_acts *a, int weight_type, const float *x, int64_t ldx, int64_t n_tokens,
+                           int64_t n_in) {
+    const int64_t nb = n_in / RWKVX_QK, stride = (nb + 1) & ~(int64_t)1;
+    const size_t qs_bytes = (size_t)(n_tokens * stride * RWKVX_QK);
+    const size_t lane_bytes = (size_t)(n_tokens * stride * LANES) * 4;
+    /* one 64-byte aligned allocation: quants, then scales, then aux */
+    a->memory = aligned_alloc(64, qs_bytes + 2 * lane_bytes);
+    if (a->memory == NULL) return RWKVX_ERR_ALLOC;
+    memset(a->memory, 0, qs_bytes + 2 * lane_bytes);
+    a->n_tokens = n_tokens;
+    a->n_blocks = nb;
+    a->stride_blocks = stride;
+    a->qs = a->memory;
+    a->dv = (float *)((uint8_t *)a->memory + qs_bytes);
+    a->aux = (int32_t *)((uint8_t *)a->memory + qs_bytes + lane_bytes);
+    const int32_t offset = rwkvx_type_code_offset(weight_type);
+    const int with_s = has_min(weight_type);
+    for (int64_t t = 0; t < n_tokens; t++)
+        for (int64_t b = 0; b < nb; b++) {
+            const int64_t i = t * stride + b;
+            float d, d_exact;
+            int32_t sum;
+            quantize_block(x + t * ldx + b * RWKVX_QK, a->qs + i * RWKVX_QK, &d, &d_exact, &sum);
+            for (int l = 0; l < LANES; l++) a->dv[i * LANES + l] = d;
+            if (with_s) {
+                const float s = fp16_rounded((float)sum * d_exact);
+                memcpy(&a->aux[i * LANES], &s, sizeof s);
+            } else {
+                a->aux[i * LANES] = -offset * sum;
+            }
+        }
+    return RWKVX_OK;
+}
+
+void rwkvx_q8_acts_free(rwkvx_q8_acts *a) {
+    free(a->memory);
+    a->memory = NULL;
+}
+
+void rwkvx_matmul_via_q8(rwkvx_matmul_q8_fn fn, const rwkvx_tensor *w, const float *x, int64_t ldx,
+                         int64_t n_tokens, float *y, int64_t ldy) {
+    rwkvx_q8_acts a;
+    /* the float contract has no error return; like the row buffers elsewhere, only exhausted memory fails */
+    if (rwkvx_q8_acts_quantize(&a, w->type, x, ldx, n_tokens, w->n_in) != RWKVX_OK) abort();
+    fn(w, &a, y, ldy);
+    rwkvx_q8_acts_free(&a);
+}
