@@ -78,7 +78,9 @@ def kernel_extension(name, pyx, c_glob):
         + [("RWKVX_HAVE_" + isa.upper(), "1") for isa in compiled],
         extra_compile_args=BASE_FLAGS,
         extra_link_args=["-lpthread"],
-        depends=glob.glob(os.path.join(KERNELS, "**", "*.h"), recursive=True),
+        # ISA files are compiled outside `sources`; listing them here makes a change to one relink.
+        depends=glob.glob(os.path.join(KERNELS, "**", "*.h"), recursive=True)
+        + [path for paths in by_isa.values() for path in paths],
     )
     ISA_SOURCES[name] = by_isa
     return ext

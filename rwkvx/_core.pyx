@@ -5,7 +5,7 @@ CoreModel holds an rwkvx_model whose tensor slots point into arrays kept
 alive here (memory-mapped weights, canonicalized vectors). Every pointer and
 size handed to C is checked first, so C never reads outside a buffer.
 """
-from libc.stdint cimport int32_t, int64_t
+from libc.stdint cimport int32_t, int64_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.stddef cimport size_t
 
@@ -63,6 +63,7 @@ cdef extern from "rwkvx.h" nogil:
     int rwkvx_head(const rwkvx_model *m, const float *x, int64_t n_tokens, float *logits)
 
 cdef extern from "kernels.h" nogil:
+    uint64_t rwkvx_read_stream(const void *data, size_t n_bytes)
     ctypedef void (*rwkvx_matmul_fn)(const rwkvx_tensor *w, const float *x, int64_t ldx,
                                      int64_t n_tokens, float *y, int64_t ldy)
     ctypedef struct rwkvx_kernel_table:
@@ -134,23 +135,17 @@ FORCED_ISA = _select_isa_from_env()
 
 
 def read_bytes(const unsigned char[::1] buf):
-    """Read every 8-byte word of buf (length a multiple of 8) once, GIL released; returns their xor.
+    """Read every byte of buf once, GIL released; returns the xor of its 8-byte words.
 
     A streaming-read probe for measuring memory bandwidth (the benchmark calls it from several
     Python threads at once); the xor keeps the compiler from skipping the reads.
     """
-    cdef const unsigned long long *p = <const unsigned long long *>&buf[0]
-    cdef size_t n = <size_t>buf.shape[0] // 8, i
-    cdef unsigned long long a = 0, b = 0, c = 0, d = 0
+    cdef const unsigned char *p = &buf[0]
+    cdef size_t n = <size_t>buf.shape[0]
+    cdef uint64_t result
     with nogil:
-        i = 0
-        while i + 4 <= n:
-            a ^= p[i]
-            b ^= p[i + 1]
-            c ^= p[i + 2]
-            d ^= p[i + 3]
-            i += 4
-    return a ^ b ^ c ^ d
+        result = rwkvx_read_stream(p, n)
+    return result
 
 
 def matmul_with(str isa, int type_id, raw, int n_in, int n_rows, const float[:, ::1] x):

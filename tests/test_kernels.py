@@ -270,3 +270,10 @@ def test_activation_quantization_follows_ggml_rules(type_name):
     raw = random_weights(type_name, 4, QK, np.random.default_rng(0), kind="exact")
     assert_exact(run("scalar", type_name, raw, QK, 4, x).astype(np.float64),
                  numpy_product(raw, type_name, 4, QK, x).astype(np.float32).astype(np.float64), type_name)
+
+
+def test_bandwidth_probe_reads_every_word():
+    """read_bytes (the benchmark's probe) returns the xor of all 8-byte words, so no read is skipped."""
+    words = np.random.default_rng(5).integers(0, 2**63, size=1000 + 7, dtype=np.uint64)
+    expected = int(np.bitwise_xor.reduce(words))
+    assert _core.read_bytes(words.view(np.uint8)) == expected

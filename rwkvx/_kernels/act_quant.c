@@ -29,15 +29,38 @@ static int has_min(int type) { return type == RWKVX_TYPE_Q4_1 || type == RWKVX_T
 
 static float fp16_rounded(float v) { return rwkvx_half_to_float(rwkvx_float_to_half(v)); }
 
+/* roundf(v) (halves away from zero) for |v| < 2^23, without the libm call that
+ * dominated quantization: the cast truncates, and v - trunc(v) is exact here. */
+static inline int32_t round_half_away(float v) {
+    int32_t q = (int32_t)v;
+    const float frac = v - (float)q;
+    q += (frac >= 0.5f) - (frac <= -0.5f);
+    return q;
+}
+
 /* One block of 32 floats -> quants q, scale (as stored: fp16-rounded) and sum(q).
  * A block with a non-finite value gets quants 0 and scale amax (inf/NaN), so its
  * products come out NaN, as the float path would give, without undefined casts. */
 static void quantize_block(const float *x, int8_t *q, float *d_stored, float *d_exact, int32_t *sum) {
+    /* amax over 8 independent lanes, without the one long chain of compares and
+     * branches (max is exact in any order once NaN is ruled out); with a NaN, the
+     * single scan this replaces ended on the last NaN's value */
+    float lane_max[8] = {0};
+    int any_nan = 0;
+    for (int j = 0; j < RWKVX_QK; j += 8)
+        for (int l = 0; l < 8; l++) {
+            const float a = fabsf(x[j + l]);
+            lane_max[l] = a > lane_max[l] ? a : lane_max[l];
+            any_nan |= a != a;
+        }
     float amax = 0.0f;
-    for (int j = 0; j < RWKVX_QK; j++) {
-        const float a = fabsf(x[j]);
-        amax = (a > amax || a != a) ? a : amax;
-    }
+    for (int l = 0; l < 8; l++) amax = lane_max[l] > amax ? lane_max[l] : amax;
+    if (any_nan)
+        for (int j = RWKVX_QK - 1; j >= 0; j--)
+            if (x[j] != x[j]) {
+                amax = fabsf(x[j]);
+                break;
+            }
     *sum = 0;
     if (!isfinite(amax)) {
         memset(q, 0, RWKVX_QK);
@@ -47,19 +70,19 @@ static void quantize_block(const float *x, int8_t *q, float *d_stored, float *d_
     const float d = amax / 127.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     for (int j = 0; j < RWKVX_QK; j++) {
-        q[j] = (int8_t)roundf(x[j] * id); /* |x * id| <= 127 (+ rounding): fits */
+        q[j] = (int8_t)round_half_away(x[j] * id); /* |x * id| <= 127 (+ rounding): fits */
         *sum += q[j];
     }
     *d_exact = d;
     *d_stored = fp16_rounded(d);
 }
 
-int rwkvx_q8_acts_quantize(rwkvx_q8_acts *a, int weight_type, const float *x, int64_t ldx, int64_t n_tokens,
-                           int64_t n_in) {
+int rwkvx_q8_acts_alloc(rwkvx_q8_acts *a, int64_t n_tokens, int64_t n_in) {
     const int64_t nb = n_in / RWKVX_QK, stride = (nb + 1) & ~(int64_t)1;
     const size_t qs_bytes = (size_t)(n_tokens * stride * RWKVX_QK);
     const size_t lane_bytes = (size_t)(n_tokens * stride * LANES) * 4;
-    /* one 64-byte aligned allocation: quants, then scales, then aux */
+    /* one 64-byte aligned allocation: quants, then scales, then aux; zeroed for the
+     * padding block and the unused aux lanes */
     a->memory = aligned_alloc(64, qs_bytes + 2 * lane_bytes);
     if (a->memory == NULL) return RWKVX_ERR_ALLOC;
     memset(a->memory, 0, qs_bytes + 2 * lane_bytes);
@@ -69,9 +92,15 @@ int rwkvx_q8_acts_quantize(rwkvx_q8_acts *a, int weight_type, const float *x, in
     a->qs = a->memory;
     a->dv = (float *)((uint8_t *)a->memory + qs_bytes);
     a->aux = (int32_t *)((uint8_t *)a->memory + qs_bytes + lane_bytes);
+    return RWKVX_OK;
+}
+
+void rwkvx_q8_acts_fill(rwkvx_q8_acts *a, int weight_type, const float *x, int64_t ldx, int64_t t_begin,
+                        int64_t t_end) {
+    const int64_t nb = a->n_blocks, stride = a->stride_blocks;
     const int32_t offset = rwkvx_type_code_offset(weight_type);
     const int with_s = has_min(weight_type);
-    for (int64_t t = 0; t < n_tokens; t++)
+    for (int64_t t = t_begin; t < t_end; t++)
         for (int64_t b = 0; b < nb; b++) {
             const int64_t i = t * stride + b;
             float d, d_exact;
@@ -85,6 +114,12 @@ int rwkvx_q8_acts_quantize(rwkvx_q8_acts *a, int weight_type, const float *x, in
                 a->aux[i * LANES] = -offset * sum;
             }
         }
+}
+
+int rwkvx_q8_acts_quantize(rwkvx_q8_acts *a, int weight_type, const float *x, int64_t ldx, int64_t n_tokens,
+                           int64_t n_in) {
+    if (rwkvx_q8_acts_alloc(a, n_tokens, n_in) != RWKVX_OK) return RWKVX_ERR_ALLOC;
+    rwkvx_q8_acts_fill(a, weight_type, x, ldx, 0, n_tokens);
     return RWKVX_OK;
 }
 

@@ -59,6 +59,22 @@ static void matmul_rows(void *ctx, int64_t begin, int64_t end) {
         rwkvx_kernels->matmul(&part, job->x, job->ldx, job->T, job->y + begin, job->ldy);
 }
 
+/* Tokens from which quantizing the activations is split between threads (each
+ * token's row is quantized by the same code whichever thread takes it). */
+#define PARALLEL_QUANTIZE_MIN_TOKENS 8
+
+typedef struct quantize_job {
+    rwkvx_q8_acts *xq;
+    int weight_type;
+    const float *x;
+    int64_t ldx;
+} quantize_job;
+
+static void quantize_rows(void *ctx, int64_t begin, int64_t end) {
+    const quantize_job *q = ctx;
+    rwkvx_q8_acts_fill(q->xq, q->weight_type, q->x, q->ldx, begin, end);
+}
+
 /* y = W x for T rows. Quantized weights: the activations are quantized once
  * here, for all T rows, and every thread's slice of rows reads the same quants. */
 static void matmul(const rwkvx_model *m, const rwkvx_tensor *w, const float *x, int64_t ldx, int64_t T, float *y,
@@ -66,12 +82,18 @@ static void matmul(const rwkvx_model *m, const rwkvx_tensor *w, const float *x, 
     const int64_t bytes = (int64_t)rwkvx_row_bytes(w->type, (size_t)w->n_in) * w->n_rows * T;
     matmul_job job = {w, x, ldx, T, NULL, y, ldy};
     rwkvx_q8_acts xq;
+    const int parallel = m->pool != NULL && bytes >= m->parallel_min_bytes;
     if (rwkvx_type_is_quantized(w->type)) {
         /* no error path out of the layer code: like the kernels' row buffers, only exhausted memory fails */
-        if (rwkvx_q8_acts_quantize(&xq, w->type, x, ldx, T, w->n_in) != RWKVX_OK) abort();
+        if (rwkvx_q8_acts_alloc(&xq, T, w->n_in) != RWKVX_OK) abort();
+        quantize_job q = {&xq, w->type, x, ldx};
+        if (parallel && T >= PARALLEL_QUANTIZE_MIN_TOKENS)
+            rwkvx_pool_run(m->pool, quantize_rows, &q, T, 1);
+        else
+            quantize_rows(&q, 0, T);
         job.xq = &xq;
     }
-    if (m->pool == NULL || bytes < m->parallel_min_bytes)
+    if (!parallel)
         matmul_rows(&job, 0, w->n_rows);
     else
         rwkvx_pool_run(m->pool, matmul_rows, &job, w->n_rows, RWKVX_ROW_GRAIN);
@@ -132,11 +154,90 @@ static void add_rows(float *x, const float *d, int64_t n) {
 
 /* ---- channel mixing (FFN) --------------------------------------------- */
 
+/* Tokens from which elementwise work over rows is split between threads (every
+ * element is computed by the same code whichever thread takes its row). */
+#define PARALLEL_ROWS_MIN_TOKENS 8
+
+/* h = max(h, 0)^2 over rows [begin, end) of width n. */
+typedef struct relu_square_job {
+    float *h;
+    int64_t n;
+} relu_square_job;
+
+static void relu_square_rows(void *ctx, int64_t begin, int64_t end) {
+    const relu_square_job *j = ctx;
+    float *h = j->h; /* locals: stores through h could otherwise alias *j and defeat vectorizing */
+    const int64_t e0 = begin * j->n, e1 = end * j->n;
+    for (int64_t i = e0; i < e1; i++) {
+        const float v = h[i] > 0.0f ? h[i] : 0.0f;
+        h[i] = v * v;
+    }
+}
+
+/* Layer norm (group_size 0) or group norm of rows [begin, end), and tanh /
+ * sigmoid of rows: the per-token functions of norm_ref.c and libm, split by rows. */
+typedef struct rows_job {
+    const float *x;
+    float *out;
+    int64_t width, n_head, head_size;
+    const float *weight, *bias;
+    float eps;
+    int kind;
+} rows_job;
+enum { ROWS_LAYER_NORM, ROWS_GROUP_NORM, ROWS_TANH, ROWS_SIGMOID };
+
+static void rows_task(void *ctx, int64_t begin, int64_t end) {
+    const rows_job *j = ctx;
+    const int64_t e0 = begin * j->width, e1 = end * j->width;
+    const float *x = j->x;
+    float *out = j->out;
+    switch (j->kind) {
+    case ROWS_LAYER_NORM:
+        rwkvx_layer_norm_ref(j->x + e0, j->out + e0, end - begin, j->width, j->weight, j->bias, j->eps);
+        return;
+    case ROWS_GROUP_NORM:
+        rwkvx_group_norm_ref(j->x + e0, j->out + e0, end - begin, j->n_head, j->head_size, j->weight, j->bias,
+                             j->eps);
+        return;
+    case ROWS_TANH:
+        for (int64_t i = e0; i < e1; i++) out[i] = tanhf(x[i]);
+        return;
+    default:
+        for (int64_t i = e0; i < e1; i++) out[i] = sigmoidf(x[i]);
+        return;
+    }
+}
+
+static void run_rows(const rwkvx_model *m, rows_job *job, int64_t T) {
+    if (m->pool != NULL && T >= PARALLEL_ROWS_MIN_TOKENS)
+        rwkvx_pool_run(m->pool, rows_task, job, T, 1);
+    else
+        rows_task(job, 0, T);
+}
+
+static void layer_norm(const rwkvx_model *m, const float *x, float *out, int64_t T, int64_t C, const float *weight,
+                       const float *bias) {
+    rows_job job = {x, out, C, 0, 0, weight, bias, 1e-5f, ROWS_LAYER_NORM};
+    run_rows(m, &job, T);
+}
+
+static void group_norm(const rwkvx_model *m, float *y, int64_t T, const float *weight, const float *bias) {
+    rows_job job = {y, y, (int64_t)m->n_head * m->head_size, m->n_head, m->head_size, weight, bias,
+                    m->group_norm_eps, ROWS_GROUP_NORM};
+    run_rows(m, &job, T);
+}
+
+/* h = f(h) for T rows of width n (f: ROWS_TANH or ROWS_SIGMOID). */
+static void activate(const rwkvx_model *m, float *h, int64_t T, int64_t n, int kind) {
+    rows_job job = {h, h, n, 0, 0, NULL, NULL, 0.0f, kind};
+    run_rows(m, &job, T);
+}
+
 static void channel_mix(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, int64_t T, float *x,
                         float *shift_state) {
     const int64_t C = m->n_embd, F = m->n_ffn;
     float *f = s->a, *q = s->prev, *xk = s->mix[0], *xr = s->mix[1];
-    rwkvx_layer_norm_ref(x, f, T, C, vec(L, RWKVX_LN2_W), vec(L, RWKVX_LN2_B), 1e-5f);
+    layer_norm(m, x, f, T, C, vec(L, RWKVX_LN2_W), vec(L, RWKVX_LN2_B));
     token_shift(f, q, T, C, shift_state);
     switch (m->arch) {
     case RWKVX_ARCH_V7:
@@ -151,10 +252,11 @@ static void channel_mix(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
         lerp_mix(f, q, vec(L, RWKVX_FFN_MIX_R), T, C, xr);
     }
     matmul(m, mat(L, RWKVX_FFN_K), xk, C, T, s->hidden, F);
-    for (int64_t i = 0; i < T * F; i++) {
-        const float h = s->hidden[i] > 0.0f ? s->hidden[i] : 0.0f;
-        s->hidden[i] = h * h;
-    }
+    relu_square_job rs = {s->hidden, F};
+    if (m->pool != NULL && T >= PARALLEL_ROWS_MIN_TOKENS)
+        rwkvx_pool_run(m->pool, relu_square_rows, &rs, T, 1);
+    else
+        relu_square_rows(&rs, 0, T);
     matmul(m, mat(L, RWKVX_FFN_V), s->hidden, F, T, s->out, C);
     if (m->arch != RWKVX_ARCH_V7) {
         matmul(m, mat(L, RWKVX_FFN_R), xr, C, T, s->r, C);
@@ -193,7 +295,7 @@ static void time_mix_v5(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
     const float *u = vec(L, v52 ? RWKVX_ATT_FAAAA : RWKVX_ATT_FIRST);
     rwkvx_wkv5_ref(T, m->n_head, m->head_size, s->r, s->k, s->v, u, vec(L, RWKVX_ATT_DECAY), 0,
                    st + 2 * C, s->y);
-    rwkvx_group_norm_ref(s->y, s->y, T, m->n_head, m->head_size, vec(L, RWKVX_LNX_W), vec(L, RWKVX_LNX_B), m->group_norm_eps);
+    group_norm(m, s->y, T, vec(L, RWKVX_LNX_W), vec(L, RWKVX_LNX_B));
     if (v52) {
         lerp_mix(s->a, s->prev, vec(L, RWKVX_ATT_MIX_G), T, C, xg);
         matmul(m, mat(L, RWKVX_ATT_G), xg, C, T, s->g, C);
@@ -208,7 +310,7 @@ static void time_mix_v6(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
     /* xxx = a + (prev - a) * maa_x, then five data-dependent mixes (w, k, v, r, g) */
     delta_mix(s->a, s->prev, vec(L, RWKVX_MAA_X), T, C, s->out);
     matmul(m, mat(L, RWKVX_MAA_W1), s->out, C, T, s->hidden, 5 * D);
-    for (int64_t i = 0; i < T * 5 * D; i++) s->hidden[i] = tanhf(s->hidden[i]);
+    activate(m, s->hidden, T, 5 * D, ROWS_TANH);
     static const int maa_slots[5] = {RWKVX_MAA_W, RWKVX_MAA_K, RWKVX_MAA_V, RWKVX_MAA_R, RWKVX_MAA_G};
     const rwkvx_tensor *w2 = mat(L, RWKVX_MAA_W2); /* 5 slabs of C rows, D inputs each */
     const size_t slab_bytes = (size_t)C * rwkvx_row_bytes(w2->type, (size_t)D);
@@ -230,14 +332,14 @@ static void time_mix_v6(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
     matmul(m, mat(L, RWKVX_ATT_G), xg, C, T, s->g, C);
     /* w = exp(-exp(time_decay + W_d2 tanh(W_d1 xw))), per token and channel */
     matmul(m, mat(L, RWKVX_DECAY_W1), xw, C, T, s->hidden2, D2);
-    for (int64_t i = 0; i < T * D2; i++) s->hidden2[i] = tanhf(s->hidden2[i]);
+    activate(m, s->hidden2, T, D2, ROWS_TANH);
     matmul(m, mat(L, RWKVX_DECAY_W2), s->hidden2, D2, T, s->w, C);
     const float *decay = vec(L, RWKVX_ATT_DECAY);
     for (int64_t t = 0; t < T; t++)
         for (int64_t i = 0; i < C; i++) s->w[t * C + i] = expf(-expf(decay[i] + s->w[t * C + i]));
     rwkvx_wkv5_ref(T, m->n_head, m->head_size, s->r, s->k, s->v, vec(L, RWKVX_ATT_FAAAA), s->w, C,
                    st + 2 * C, s->y);
-    rwkvx_group_norm_ref(s->y, s->y, T, m->n_head, m->head_size, vec(L, RWKVX_LNX_W), vec(L, RWKVX_LNX_B), m->group_norm_eps);
+    group_norm(m, s->y, T, vec(L, RWKVX_LNX_W), vec(L, RWKVX_LNX_B));
     for (int64_t i = 0; i < T * C; i++) s->y[i] *= s->g[i] * sigmoidf(s->g[i]);
     matmul(m, mat(L, RWKVX_ATT_O), s->y, C, T, s->out, C);
 }
@@ -249,85 +351,149 @@ static void lora(const rwkvx_model *m, const rwkvx_tensor *w1, const rwkvx_tenso
     const int64_t C = w1->n_in, D = w1->n_rows;
     matmul(m, w1, x, C, T, hidden, D);
     if (activation == LORA_TANH)
-        for (int64_t i = 0; i < T * D; i++) hidden[i] = tanhf(hidden[i]);
+        activate(m, hidden, T, D, ROWS_TANH);
     else if (activation == LORA_SIGMOID)
-        for (int64_t i = 0; i < T * D; i++) hidden[i] = sigmoidf(hidden[i]);
+        activate(m, hidden, T, D, ROWS_SIGMOID);
     matmul(m, w2, hidden, D, T, y, w2->n_rows);
+}
+
+/* The v7 recurrence for a range of heads (a pool task): each head's state and
+ * outputs are its own, and each is computed exactly as in one serial call. */
+typedef struct wkv7_job {
+    int64_t T, H, S;
+    const float *r, *w, *k, *v, *a, *b;
+    float *state, *y;
+} wkv7_job;
+
+static void wkv7_heads_task(void *ctx, int64_t begin, int64_t end) {
+    const wkv7_job *j = ctx;
+    rwkvx_wkv7_heads(j->T, j->H, j->S, begin, end, j->r, j->w, j->k, j->v, j->a, j->b, j->state, j->y);
+}
+
+/* The elementwise stretches of v7 time mixing, each over a range of tokens so
+ * that long calls can split them between threads: every element is computed by
+ * the same code whichever thread or range it falls in. */
+enum { V7_MIX, V7_DECAY, V7_ALPHA, V7_KK, V7_VMIX, V7_AB, V7_BONUS };
+typedef struct v7_stage_job {
+    const rwkvx_model *m;
+    const rwkvx_layer *L;
+    scratch *s;
+    const float *v_first;
+    int stage;
+} v7_stage_job;
+
+static void v7_stage(void *ctx, int64_t t0, int64_t t1) {
+    const v7_stage_job *j = ctx;
+    const rwkvx_layer *L = j->L;
+    scratch *s = j->s;
+    const int64_t C = j->m->n_embd, H = j->m->n_head, S = j->m->head_size;
+    const int64_t n = t1 - t0, e0 = t0 * C, e1 = t1 * C; /* rows [t0, t1) = elements [e0, e1) */
+    switch (j->stage) {
+    case V7_MIX: {
+        const float *x_rwkvag = vec(L, RWKVX_X_RWKVAG);
+        for (int c = 0; c < 6; c++) delta_mix(s->a + e0, s->prev + e0, x_rwkvag + c * C, n, C, s->mix[c] + e0);
+        return;
+    }
+    case V7_DECAY: { /* decay w = exp(-e^-0.5 * sigmoid(w0 + W2 tanh(W1 xw))), in (e^-0.607, 1) */
+        const float *w0 = vec(L, RWKVX_W0);
+        for (int64_t t = t0; t < t1; t++)
+            for (int64_t i = 0; i < C; i++) s->w[t * C + i] = expf(-0.606531f * sigmoidf(w0[i] + s->w[t * C + i]));
+        return;
+    }
+    case V7_ALPHA: { /* in-context learning rate alpha = sigmoid(a0 + A2 A1 xa) */
+        const float *a0 = vec(L, RWKVX_A0);
+        for (int64_t t = t0; t < t1; t++)
+            for (int64_t i = 0; i < C; i++) s->alpha[t * C + i] = sigmoidf(a0[i] + s->alpha[t * C + i]);
+        return;
+    }
+    case V7_KK: { /* kk = per-head unit vector of k*k_k; k scaled by the replacement rate */
+        const float *k_k = vec(L, RWKVX_K_K), *k_a = vec(L, RWKVX_K_A);
+        for (int64_t t = t0; t < t1; t++)
+            for (int64_t h = 0; h < H; h++) {
+                const int64_t o = t * C + h * S;
+                float norm2 = 0.0f;
+                for (int64_t jj = 0; jj < S; jj++) {
+                    s->kk[o + jj] = s->k[o + jj] * k_k[h * S + jj];
+                    norm2 += s->kk[o + jj] * s->kk[o + jj];
+                }
+                const float inv = 1.0f / fmaxf(sqrtf(norm2), 1e-12f);
+                for (int64_t jj = 0; jj < S; jj++) s->kk[o + jj] *= inv;
+            }
+        for (int64_t t = t0; t < t1; t++)
+            for (int64_t i = 0; i < C; i++) {
+                const int64_t e = t * C + i;
+                s->k[e] = s->k[e] * (1.0f + (s->alpha[e] - 1.0f) * k_a[i]);
+            }
+        return;
+    }
+    case V7_VMIX: { /* value residual of later layers: mix towards v_first */
+        const float *v0 = vec(L, RWKVX_V0);
+        for (int64_t t = t0; t < t1; t++)
+            for (int64_t i = 0; i < C; i++) {
+                const int64_t e = t * C + i;
+                s->v[e] += (j->v_first[e] - s->v[e]) * sigmoidf(v0[i] + s->out[e]);
+            }
+        return;
+    }
+    case V7_AB: { /* WKV's a = -kk and b = kk * alpha, in the mix buffers (no longer needed) */
+        float *a = s->mix[0], *b = s->mix[1];
+        for (int64_t e = e0; e < e1; e++) {
+            a[e] = -s->kk[e];
+            b[e] = s->kk[e] * s->alpha[e];
+        }
+        return;
+    }
+    default: { /* V7_BONUS: y_h += (sum_j r k r_k) v_h, then gate */
+        const float *r_k = vec(L, RWKVX_R_K);
+        for (int64_t t = t0; t < t1; t++)
+            for (int64_t h = 0; h < H; h++) {
+                const int64_t o = t * C + h * S;
+                float bonus = 0.0f;
+                for (int64_t jj = 0; jj < S; jj++) bonus += s->r[o + jj] * s->k[o + jj] * r_k[h * S + jj];
+                for (int64_t jj = 0; jj < S; jj++) s->y[o + jj] = (s->y[o + jj] + bonus * s->v[o + jj]) * s->g[o + jj];
+            }
+        return;
+    }
+    }
+}
+
+
+static void run_v7_stage(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, const float *v_first, int64_t T,
+                         int stage) {
+    v7_stage_job job = {m, L, s, v_first, stage};
+    if (m->pool != NULL && T >= PARALLEL_ROWS_MIN_TOKENS)
+        rwkvx_pool_run(m->pool, v7_stage, &job, T, 1);
+    else
+        v7_stage(&job, 0, T);
 }
 
 static void time_mix_v7(const rwkvx_model *m, const rwkvx_layer *L, int32_t layer, scratch *s, int64_t T,
                         float *st, float *v_first) {
     const int64_t C = m->n_embd, H = m->n_head, S = m->head_size;
-    const float *x_rwkvag = vec(L, RWKVX_X_RWKVAG);
-    for (int c = 0; c < 6; c++) delta_mix(s->a, s->prev, x_rwkvag + c * C, T, C, s->mix[c]);
+    run_v7_stage(m, L, s, v_first, T, V7_MIX);
     float *xr = s->mix[0], *xw = s->mix[1], *xk = s->mix[2], *xv = s->mix[3], *xa = s->mix[4], *xg = s->mix[5];
     matmul(m, mat(L, RWKVX_ATT_R), xr, C, T, s->r, C);
     matmul(m, mat(L, RWKVX_ATT_K), xk, C, T, s->k, C);
     matmul(m, mat(L, RWKVX_ATT_V), xv, C, T, s->v, C);
-
-    /* decay w = exp(-e^-0.5 * sigmoid(w0 + W2 tanh(W1 xw))), in (e^-0.607, 1) */
     lora(m, mat(L, RWKVX_W1), mat(L, RWKVX_W2), xw, T, LORA_TANH, s->hidden, s->w);
-    const float *w0 = vec(L, RWKVX_W0);
-    for (int64_t t = 0; t < T; t++)
-        for (int64_t i = 0; i < C; i++) s->w[t * C + i] = expf(-0.606531f * sigmoidf(w0[i] + s->w[t * C + i]));
-
-    /* in-context learning rate alpha = sigmoid(a0 + A2 A1 xa); gate g = G2 sigmoid(G1 xg) */
+    run_v7_stage(m, L, s, v_first, T, V7_DECAY);
     lora(m, mat(L, RWKVX_A1), mat(L, RWKVX_A2), xa, T, LORA_LINEAR, s->hidden, s->alpha);
-    const float *a0 = vec(L, RWKVX_A0);
-    for (int64_t t = 0; t < T; t++)
-        for (int64_t i = 0; i < C; i++) s->alpha[t * C + i] = sigmoidf(a0[i] + s->alpha[t * C + i]);
+    run_v7_stage(m, L, s, v_first, T, V7_ALPHA);
+    /* gate g = G2 sigmoid(G1 xg) */
     lora(m, mat(L, RWKVX_G1), mat(L, RWKVX_G2), xg, T, LORA_SIGMOID, s->hidden, s->g);
-
-    /* kk = per-head unit vector of k*k_k; k scaled by the replacement rate */
-    const float *k_k = vec(L, RWKVX_K_K), *k_a = vec(L, RWKVX_K_A);
-    for (int64_t t = 0; t < T; t++)
-        for (int64_t h = 0; h < H; h++) {
-            const int64_t o = t * C + h * S;
-            float norm2 = 0.0f;
-            for (int64_t j = 0; j < S; j++) {
-                s->kk[o + j] = s->k[o + j] * k_k[h * S + j];
-                norm2 += s->kk[o + j] * s->kk[o + j];
-            }
-            const float inv = 1.0f / fmaxf(sqrtf(norm2), 1e-12f);
-            for (int64_t j = 0; j < S; j++) s->kk[o + j] *= inv;
-        }
-    for (int64_t t = 0; t < T; t++)
-        for (int64_t i = 0; i < C; i++) {
-            const int64_t j = t * C + i;
-            s->k[j] = s->k[j] * (1.0f + (s->alpha[j] - 1.0f) * k_a[i]);
-        }
-
+    run_v7_stage(m, L, s, v_first, T, V7_KK);
     /* value residual: layer 0 sets v_first, later layers mix towards it */
     if (layer == 0) {
         memcpy(v_first, s->v, (size_t)(T * C) * sizeof(float));
     } else {
         lora(m, mat(L, RWKVX_V1), mat(L, RWKVX_V2), xv, T, LORA_LINEAR, s->hidden, s->out);
-        const float *v0 = vec(L, RWKVX_V0);
-        for (int64_t t = 0; t < T; t++)
-            for (int64_t i = 0; i < C; i++) {
-                const int64_t j = t * C + i;
-                s->v[j] += (v_first[j] - s->v[j]) * sigmoidf(v0[i] + s->out[j]);
-            }
+        run_v7_stage(m, L, s, v_first, T, V7_VMIX);
     }
-
-    /* WKV with a = -kk and b = kk * alpha (reusing the mix buffers, no longer needed) */
-    float *a = s->mix[0], *b = s->mix[1];
-    for (int64_t i = 0; i < T * C; i++) {
-        a[i] = -s->kk[i];
-        b[i] = s->kk[i] * s->alpha[i];
-    }
-    rwkvx_wkv7_ref(T, H, S, s->r, s->w, s->k, s->v, a, b, st + 2 * C, s->y);
-    rwkvx_group_norm_ref(s->y, s->y, T, H, S, vec(L, RWKVX_LNX_W), vec(L, RWKVX_LNX_B), m->group_norm_eps);
-
-    /* bonus: y_h += (sum_j r k r_k) v_h, then gate */
-    const float *r_k = vec(L, RWKVX_R_K);
-    for (int64_t t = 0; t < T; t++)
-        for (int64_t h = 0; h < H; h++) {
-            const int64_t o = t * C + h * S;
-            float bonus = 0.0f;
-            for (int64_t j = 0; j < S; j++) bonus += s->r[o + j] * s->k[o + j] * r_k[h * S + j];
-            for (int64_t j = 0; j < S; j++) s->y[o + j] = (s->y[o + j] + bonus * s->v[o + j]) * s->g[o + j];
-        }
+    run_v7_stage(m, L, s, v_first, T, V7_AB);
+    wkv7_job wkv = {T, H, S, s->r, s->w, s->k, s->v, s->mix[0], s->mix[1], st + 2 * C, s->y};
+    rwkvx_pool_run(m->pool, wkv7_heads_task, &wkv, H, 1); /* heads are independent: one range per thread */
+    group_norm(m, s->y, T, vec(L, RWKVX_LNX_W), vec(L, RWKVX_LNX_B));
+    run_v7_stage(m, L, s, v_first, T, V7_BONUS);
     matmul(m, mat(L, RWKVX_ATT_O), s->y, C, T, s->out, C);
 }
 
@@ -362,7 +528,7 @@ static int run_layers_chunk(const rwkvx_model *m, int32_t begin, int32_t end, fl
     for (int32_t i = begin; i < end; i++) {
         const rwkvx_layer *L = &m->layers[i];
         float *st = state + (size_t)i * per_layer; /* [ffn_xx, att_xx, ...] */
-        rwkvx_layer_norm_ref(x, s->a, T, C, vec(L, RWKVX_LN1_W), vec(L, RWKVX_LN1_B), 1e-5f);
+        layer_norm(m, x, s->a, T, C, vec(L, RWKVX_LN1_W), vec(L, RWKVX_LN1_B));
         token_shift(s->a, s->prev, T, C, st + C);
         switch (m->arch) {
         case RWKVX_ARCH_V4: time_mix_v4(m, L, s, T, st); break;

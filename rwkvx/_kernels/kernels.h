@@ -46,6 +46,11 @@ typedef struct rwkvx_q8_acts {
  * quants never depend on the kernel level. */
 int rwkvx_q8_acts_quantize(rwkvx_q8_acts *a, int weight_type, const float *x, int64_t ldx, int64_t n_tokens,
                            int64_t n_in);
+/* The same in two steps, so threads can share the rows: allocate (zeroed) for T
+ * tokens, then quantize rows [t_begin, t_end) (each row the same whoever does it). */
+int rwkvx_q8_acts_alloc(rwkvx_q8_acts *a, int64_t n_tokens, int64_t n_in);
+void rwkvx_q8_acts_fill(rwkvx_q8_acts *a, int weight_type, const float *x, int64_t ldx, int64_t t_begin,
+                        int64_t t_end);
 void rwkvx_q8_acts_free(rwkvx_q8_acts *a);
 /* 1 for the block-quantized types (integer products), 0 for F32/F16. */
 int rwkvx_type_is_quantized(int type);
@@ -108,6 +113,10 @@ void rwkvx_matmul_avx512(const rwkvx_tensor *w, const float *x, int64_t ldx,
 void rwkvx_matmul_neon(const rwkvx_tensor *w, const float *x, int64_t ldx,
                        int64_t n_tokens, float *y, int64_t ldy);
 
+/* Xor of every 8-byte word of data (a final partial word zero-padded; a read of every byte the compiler cannot skip):
+ * the benchmark's memory bandwidth probe. */
+uint64_t rwkvx_read_stream(const void *data, size_t n_bytes);
+
 /* Layer norm of each of T rows of n floats (biased variance). */
 void rwkvx_layer_norm_ref(const float *x, float *out, int64_t n_tokens, int64_t n,
                           const float *weight, const float *bias, float eps);
@@ -126,5 +135,10 @@ void rwkvx_wkv5_ref(int64_t n_tokens, int64_t n_head, int64_t head_size,
 void rwkvx_wkv7_ref(int64_t n_tokens, int64_t n_head, int64_t head_size,
                     const float *r, const float *w, const float *k, const float *v,
                     const float *a, const float *b, float *state, float *y);
+/* The same for heads [h_begin, h_end) only (arrays still hold all n_head heads):
+ * heads are independent, so threads may each take a range. */
+void rwkvx_wkv7_heads(int64_t n_tokens, int64_t n_head, int64_t head_size, int64_t h_begin, int64_t h_end,
+                      const float *r, const float *w, const float *k, const float *v,
+                      const float *a, const float *b, float *state, float *y);
 
 #endif /* RWKVX_KERNELS_H */

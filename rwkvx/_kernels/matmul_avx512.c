@@ -21,14 +21,18 @@
 #include "kernels.h"
 
 #define TOKEN_TILE 4
+/* Bytes ahead of the weights being read that the float products prefetch: a
+ * core's own out-of-order window keeps too few lines in flight for one stream
+ * to reach memory bandwidth. Prefetches never change a result. */
+#ifndef F_PREFETCH_BYTES
+#define F_PREFETCH_BYTES 2048
+#endif
 #define FORCE_INLINE static inline __attribute__((always_inline))
 
 /* Bytes holding one 32-weight block of a type (F32/F16: 32 plain values). */
 FORCE_INLINE size_t block_bytes(int type) {
     return type == RWKVX_TYPE_F32 ? 128 : type == RWKVX_TYPE_F16 ? 64 : rwkvx_row_bytes(type, RWKVX_QK);
 }
-
-FORCE_INLINE float load_half_f32(const uint8_t *p) { return _cvtsh_ss(rwkvx_load_half(p)); }
 
 /* Decode one F32/F16 block at p into lanes 0-15 (*w0) and 16-31 (*w1). */
 FORCE_INLINE void decode_block(int type, const uint8_t *p, __m512 *w0, __m512 *w1) {
@@ -52,6 +56,8 @@ FORCE_INLINE void dot_tile(int type, const uint8_t *row, int64_t n, const float 
     int64_t b = 0;
     for (; b + 2 <= n_blocks; b += 2) {
         __m512 w0, w1, w2, w3;
+        for (size_t line = 0; line < 2 * bb; line += 64) /* see F_PREFETCH_BYTES */
+            _mm_prefetch((const char *)(row + b * bb + F_PREFETCH_BYTES + line), _MM_HINT_T0);
         decode_block(type, row + b * bb, &w0, &w1);
         decode_block(type, row + (b + 1) * bb, &w2, &w3);
         for (int t = 0; t < nt; t++) {
@@ -143,13 +149,31 @@ void rwkvx_matmul_avx512(const rwkvx_tensor *w, const float *x, int64_t ldx, int
  * whatever the tile, so T never changes a result.
  */
 
-#define ROW_TILE 2
+/* 4 x 4 accumulators: each decoded weight pair serves 4 tokens and each loaded
+ * activation pair 4 rows, so per 64 multiply-adds of a (row, token) there is
+ * under one load besides the four arithmetic instructions. */
+#ifndef ROW_TILE
+#define ROW_TILE 4
+#endif
+#ifndef Q_TOKEN_TILE
 #define Q_TOKEN_TILE 4
+#endif
+#ifndef Q_PREFETCH_BYTES
+#define Q_PREFETCH_BYTES 768 /* ahead of each row's current pair (tuned on the 4096-wide products) */
+#endif
 
-FORCE_INLINE __m256i nibble_codes(const uint8_t *qs) {
-    const __m128i q = _mm_loadu_si128((const __m128i *)qs), mask = _mm_set1_epi8(0x0f);
-    return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_and_si128(q, mask)),
-                                   _mm_and_si128(_mm_srli_epi16(q, 4), mask), 1);
+/* 32 nibble codes of each of two blocks (qs0, and qs1 or zeros) as one zmm:
+ * [qs0 & 15, qs0 >> 4, qs1 & 15, qs1 >> 4]. Each 16-byte half is broadcast
+ * straight from memory (a load-port operation) and one variable shift per
+ * 128-bit lane picks the low or the high nibbles: three arithmetic
+ * instructions for 64 codes, since at one token decoding is most of the work. */
+FORCE_INLINE __m512i nibble_codes_pair(const uint8_t *qs0, const uint8_t *qs1, int second) {
+    const __m256i b0 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs0));
+    const __m256i b1 = second ? _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs1))
+                              : _mm256_setzero_si256();
+    const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(b0), b1, 1);
+    const __m512i shifts = _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0);
+    return _mm512_and_si512(_mm512_srlv_epi64(both, shifts), _mm512_set1_epi8(0x0f));
 }
 
 FORCE_INLINE uint64_t load_u32(const uint8_t *p) {
@@ -158,34 +182,52 @@ FORCE_INLINE uint64_t load_u32(const uint8_t *p) {
     return v;
 }
 
-/* One block's 32 unsigned codes (ymm), its d and m. */
-FORCE_INLINE __m256i block_codes(int type, const uint8_t *p, float *d, float *m, uint32_t *qh) {
-    *d = load_half_f32(p);
-    *m = 0.0f;
-    *qh = 0;
+/* Byte offset of the codes (qs) in a block, and of qh for the Q5 types. */
+FORCE_INLINE size_t codes_offset(int type) {
     switch (type) {
-    case RWKVX_TYPE_Q8_0:
-        return _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + 2)), _mm256_set1_epi8((char)0x80));
-    case RWKVX_TYPE_Q4_0: return nibble_codes(p + 2);
-    case RWKVX_TYPE_Q4_1: *m = load_half_f32(p + 2); return nibble_codes(p + 4);
-    case RWKVX_TYPE_Q5_0: *qh = (uint32_t)load_u32(p + 2); return nibble_codes(p + 6);
-    default: /* Q5_1 */ *m = load_half_f32(p + 2); *qh = (uint32_t)load_u32(p + 4); return nibble_codes(p + 8);
+    case RWKVX_TYPE_Q8_0: return 2;
+    case RWKVX_TYPE_Q4_0: return 2;
+    case RWKVX_TYPE_Q4_1: return 4;
+    case RWKVX_TYPE_Q5_0: return 6;
+    default: return 8; /* Q5_1 */
     }
 }
 
-/* Blocks b and (if `second`) b+1 of a row: codes u, [d_b x8, d_b+1 x8], [m_b x8, m_b+1 x8]. */
+/* Blocks b and (if `second`) b+1 of a row: codes u, [d_b x8, d_b+1 x8], [m_b x8, m_b+1 x8].
+ * The scales of both blocks (d, or d and m: the first 2 or 4 bytes of a block) are
+ * converted by one vcvtph2ps and spread by permutes: decoding a pair is the whole
+ * cost of a one-token product beside the integer dots. A missing second block
+ * reads as zero codes and zero scales (nothing past the row is touched). */
 FORCE_INLINE void decode_pair(int type, const uint8_t *p, size_t block, int second, __m512i *u, __m512 *dw,
                               __m512 *mw) {
-    float d0, m0, d1 = 0.0f, m1 = 0.0f;
-    uint32_t qh0, qh1 = 0;
-    __m256i c1 = _mm256_setzero_si256();
-    const __m256i c0 = block_codes(type, p, &d0, &m0, &qh0);
-    if (second) c1 = block_codes(type, p + block, &d1, &m1, &qh1);
-    *u = _mm512_inserti64x4(_mm512_castsi256_si512(c0), c1, 1);
-    if (type == RWKVX_TYPE_Q5_0 || type == RWKVX_TYPE_Q5_1) /* the fifth bit: +16 where set */
-        *u = _mm512_mask_add_epi8(*u, (__mmask64)(qh0 | ((uint64_t)qh1 << 32)), *u, _mm512_set1_epi8(16));
-    *dw = _mm512_insertf32x8(_mm512_set1_ps(d0), _mm256_set1_ps(d1), 1);
-    *mw = _mm512_insertf32x8(_mm512_set1_ps(m0), _mm256_set1_ps(m1), 1);
+    const int has_m = type == RWKVX_TYPE_Q4_1 || type == RWKVX_TYPE_Q5_1;
+    const size_t qs = codes_offset(type);
+    if (type == RWKVX_TYPE_Q8_0) { /* signed bytes + 128 (xor of the sign bit): unsigned codes */
+        const __m256i c1 = second ? _mm256_loadu_si256((const __m256i *)(p + block + qs)) : _mm256_set1_epi8((char)0x80);
+        *u = _mm512_xor_si512(
+            _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p + qs))), c1, 1),
+            _mm512_set1_epi8((char)0x80));
+    } else {
+        *u = nibble_codes_pair(p + qs, p + block + qs, second);
+    }
+    if (type == RWKVX_TYPE_Q5_0 || type == RWKVX_TYPE_Q5_1) { /* the fifth bit: +16 where set */
+        const size_t qh_at = qs - 4;
+        const uint64_t qh0 = load_u32(p + qh_at), qh1 = second ? load_u32(p + block + qh_at) : 0;
+        *u = _mm512_mask_add_epi8(*u, (__mmask64)(qh0 | (qh1 << 32)), *u, _mm512_set1_epi8(16));
+    }
+    if (has_m) { /* halves [d0, m0, d1, m1] */
+        const uint32_t s0 = (uint32_t)load_u32(p), s1 = second ? (uint32_t)load_u32(p + block) : 0u;
+        const __m512 v = _mm512_castps128_ps512(_mm_cvtph_ps(_mm_set_epi32(0, 0, (int)s1, (int)s0)));
+        *dw = _mm512_permutexvar_ps(_mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0), v);
+        *mw = _mm512_permutexvar_ps(_mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1), v);
+    } else { /* halves [d0, d1] */
+        uint16_t h0, h1 = 0;
+        memcpy(&h0, p, 2);
+        if (second) memcpy(&h1, p + block, 2);
+        const __m512 v = _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi32_si128((int)(h0 | ((uint32_t)h1 << 16)))));
+        *dw = _mm512_permutexvar_ps(_mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0), v);
+        *mw = _mm512_setzero_ps();
+    }
 }
 
 /* y[t][o + r] for nr <= ROW_TILE rows starting at `row` and nt <= Q_TOKEN_TILE tokens from t0. */
@@ -200,8 +242,12 @@ FORCE_INLINE void q8_tile(int type, const uint8_t *row, size_t row_bytes, int nr
     for (int64_t b = 0; b < nb; b += 2) {
         __m512i u[ROW_TILE];
         __m512 dw[ROW_TILE], mw[ROW_TILE];
-        for (int r = 0; r < nr; r++)
+        for (int r = 0; r < nr; r++) {
+            /* rows are separate streams that advance a few dozen bytes per step: without a
+             * prefetch the loop waits on memory latency long before it reaches bandwidth */
+            _mm_prefetch((const char *)(row + r * row_bytes + b * block + Q_PREFETCH_BYTES), _MM_HINT_T0);
             decode_pair(type, row + r * row_bytes + b * block, block, b + 1 < nb, &u[r], &dw[r], &mw[r]);
+        }
         for (int t = 0; t < nt; t++) {
             const int64_t i = (t0 + t) * stride + b; /* even: every load below is 64-byte aligned */
             const __m512i xq = _mm512_load_si512(x->qs + i * RWKVX_QK);
@@ -218,24 +264,40 @@ FORCE_INLINE void q8_tile(int type, const uint8_t *row, size_t row_bytes, int nr
         for (int t = 0; t < nt; t++) y[(t0 + t) * ldy + o + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
 
+/* Rows [o, o + nr) against every token, in tiles of Q_TOKEN_TILE (nr a constant). */
+FORCE_INLINE void q8_row_group(int type, const uint8_t *rows, size_t rb, int nr, const rwkvx_q8_acts *x, float *y,
+                               int64_t ldy, int64_t o) {
+    const int64_t T = x->n_tokens;
+    int64_t t0 = 0;
+    for (; t0 + Q_TOKEN_TILE <= T; t0 += Q_TOKEN_TILE) q8_tile(type, rows, rb, nr, x, t0, Q_TOKEN_TILE, y, ldy, o);
+    switch (T - t0) { /* constant tile sizes keep the accumulators in registers */
+#if Q_TOKEN_TILE > 4
+    case 7: q8_tile(type, rows, rb, nr, x, t0, 7, y, ldy, o); break;
+    case 6: q8_tile(type, rows, rb, nr, x, t0, 6, y, ldy, o); break;
+    case 5: q8_tile(type, rows, rb, nr, x, t0, 5, y, ldy, o); break;
+    case 4: q8_tile(type, rows, rb, nr, x, t0, 4, y, ldy, o); break;
+#endif
+    case 3: q8_tile(type, rows, rb, nr, x, t0, 3, y, ldy, o); break;
+    case 2: q8_tile(type, rows, rb, nr, x, t0, 2, y, ldy, o); break;
+    case 1: q8_tile(type, rows, rb, nr, x, t0, 1, y, ldy, o); break;
+    default: break;
+    }
+}
+
 FORCE_INLINE void q8_typed(int type, const rwkvx_tensor *w, const rwkvx_q8_acts *x, float *y, int64_t ldy) {
     const size_t rb = rwkvx_row_bytes(type, (size_t)w->n_in);
     const uint8_t *data = w->data;
-    const int64_t T = x->n_tokens;
     int64_t o = 0;
-    for (; o + ROW_TILE <= w->n_rows; o += ROW_TILE) {
-        int64_t t0 = 0;
-        for (; t0 + Q_TOKEN_TILE <= T; t0 += Q_TOKEN_TILE)
-            q8_tile(type, data + o * rb, rb, ROW_TILE, x, t0, Q_TOKEN_TILE, y, ldy, o);
-        switch (T - t0) { /* constant tile sizes keep the accumulators in registers */
-        case 3: q8_tile(type, data + o * rb, rb, ROW_TILE, x, t0, 3, y, ldy, o); break;
-        case 2: q8_tile(type, data + o * rb, rb, ROW_TILE, x, t0, 2, y, ldy, o); break;
-        case 1: q8_tile(type, data + o * rb, rb, ROW_TILE, x, t0, 1, y, ldy, o); break;
-        default: break;
-        }
+    for (; o + ROW_TILE <= w->n_rows; o += ROW_TILE) q8_row_group(type, data + o * rb, rb, ROW_TILE, x, y, ldy, o);
+    switch (w->n_rows - o) {
+#if ROW_TILE > 4
+#error "ROW_TILE above 4 needs more remainder cases"
+#endif
+    case 3: q8_row_group(type, data + o * rb, rb, 3, x, y, ldy, o); break;
+    case 2: q8_row_group(type, data + o * rb, rb, 2, x, y, ldy, o); break;
+    case 1: q8_row_group(type, data + o * rb, rb, 1, x, y, ldy, o); break;
+    default: break;
     }
-    for (; o < w->n_rows; o++)
-        for (int64_t t0 = 0; t0 < T; t0++) q8_tile(type, data + o * rb, rb, 1, x, t0, 1, y, ldy, o);
 }
 
 void rwkvx_matmul_q8_avx512(const rwkvx_tensor *w, const rwkvx_q8_acts *x, float *y, int64_t ldy) {
