@@ -6,12 +6,14 @@
 """
 from .errors import (
     BackendError,
+    MissingDependencyError,
     MissingTensorError,
     ModelFormatError,
     RWKVError,
     StateError,
     SamplingError,
     TokenError,
+    VocabError,
 )
 from .perplexity import perplexity  # eager: `rwkvx.perplexity` must stay the function, not the submodule
 
@@ -56,6 +58,7 @@ def __getattr__(name):
     return getattr(importlib.import_module(module, __name__), attribute)
 
 
-__all__ = ["BackendError", "GPUUnavailableError", "MissingTensorError", "Model", "ModelFormatError", "Offload",
-           "RWKVError", "Sampler", "SamplingError", "State", "StateError", "TokenError", "Tokenizer", "convert",
-           "cpu_info", "generate", "load", "load_state", "perplexity", "quantize", "save_state"]
+__all__ = ["BackendError", "GPUUnavailableError", "MissingDependencyError", "MissingTensorError", "Model",
+           "ModelFormatError", "Offload", "RWKVError", "Sampler", "SamplingError", "State", "StateError",
+           "TokenError", "Tokenizer", "VocabError", "convert", "cpu_info", "generate", "load", "load_state",
+           "perplexity", "quantize", "save_state"]

@@ -17,6 +17,14 @@ class TokenError(RWKVError, ValueError):
     """A token id is outside [0, n_vocab)."""
 
 
+class VocabError(RWKVError, ValueError):
+    """A tokenizer vocabulary file is unreadable or malformed, or no tokenizer fits a vocabulary size."""
+
+
+class MissingDependencyError(RWKVError, ImportError):
+    """An optional package a feature needs is not installed; the message says what to install."""
+
+
 class StateError(RWKVError, ValueError):
     """A state does not belong to this model (other architecture or shapes), or is malformed."""
 

@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterable
 
-from rwkvx.errors import BackendError, RWKVError, TokenError
+from rwkvx.errors import BackendError, MissingDependencyError, TokenError, VocabError
 
 VOCAB_DIR = Path(__file__).with_name("vocab")
 WORLD_VOCAB_PATH = VOCAB_DIR / "rwkv_vocab_v20230424.txt"
@@ -70,7 +70,7 @@ class Tokenizer:
         makers = {WORLD_N_VOCAB: cls.world, NEOX20B_N_VOCAB: cls.neox20b, BYTES_N_VOCAB: cls.bytes}
         if n_vocab not in makers:
             known = ", ".join(f"{n} ({maker.__name__})" for n, maker in makers.items())
-            raise TokenError(f"no known tokenizer has a vocabulary of {n_vocab} tokens (known: {known}); "
+            raise VocabError(f"no known tokenizer has a vocabulary of {n_vocab} tokens (known: {known}); "
                              "pass one explicitly, e.g. Tokenizer.from_file(path)")
         return makers[n_vocab]()
 
@@ -101,13 +101,13 @@ class Tokenizer:
             with open(path, "rb") as f:
                 is_json = f.read(64).lstrip().startswith(b"{")
         except OSError as e:
-            raise TokenError(f"cannot read tokenizer file {path}: {e}") from e
+            raise VocabError(f"cannot read tokenizer file {path}: {e}") from e
         vocab = _load_hf_vocab(str(path)) if is_json else _load_world_vocab(str(path), None)
         file_n_vocab = len(vocab.token_bytes)
         if n_vocab is None:
             n_vocab = file_n_vocab
         elif n_vocab < file_n_vocab:
-            raise TokenError(f"{path} has token ids up to {file_n_vocab - 1}, more than n_vocab={n_vocab}")
+            raise VocabError(f"{path} has token ids up to {file_n_vocab - 1}, more than n_vocab={n_vocab}")
         if n_vocab > file_n_vocab:
             vocab = _Vocab(vocab.token_bytes + [None] * (n_vocab - file_n_vocab), vocab.encode)
         tokenizer = cls(path.name, n_vocab, lambda: vocab)
@@ -207,25 +207,25 @@ def _parse_world_line(line: str, where: str) -> tuple[int, bytes]:
     """One line `<id> <python literal str or bytes> <byte length>` -> (id, token bytes)."""
     first, last = line.find(" "), line.rfind(" ")
     if first <= 0 or last <= first:
-        raise TokenError(f"{where}: expected `<id> <literal> <byte length>`, got {line[:80]!r}")
+        raise VocabError(f"{where}: expected `<id> <literal> <byte length>`, got {line[:80]!r}")
     try:
         token_id, length = int(line[:first]), int(line[last + 1:])
         literal = ast.literal_eval(line[first + 1:last])
     except (ValueError, SyntaxError, MemoryError, RecursionError) as e:
-        raise TokenError(f"{where}: cannot parse {line[:80]!r}: {e}") from None
+        raise VocabError(f"{where}: cannot parse {line[:80]!r}: {e}") from None
     if isinstance(literal, str):
         try:
             literal = literal.encode("utf-8")
         except UnicodeEncodeError:
-            raise TokenError(f"{where}: token text is not encodable as UTF-8") from None
+            raise VocabError(f"{where}: token text is not encodable as UTF-8") from None
     if not isinstance(literal, bytes):
-        raise TokenError(f"{where}: token must be a str or bytes literal, got {type(literal).__name__}")
+        raise VocabError(f"{where}: token must be a str or bytes literal, got {type(literal).__name__}")
     if not literal:
-        raise TokenError(f"{where}: token is empty (0 bytes)")
+        raise VocabError(f"{where}: token is empty (0 bytes)")
     if len(literal) != length:
-        raise TokenError(f"{where}: token has {len(literal)} bytes but the line says {length}")
+        raise VocabError(f"{where}: token has {len(literal)} bytes but the line says {length}")
     if token_id < 0:
-        raise TokenError(f"{where}: negative token id {token_id}")
+        raise VocabError(f"{where}: negative token id {token_id}")
     return token_id, literal
 
 
@@ -246,24 +246,24 @@ def _load_world_vocab(path: str, n_vocab: int | None) -> _Vocab:
                     continue
                 token_id, data = _parse_world_line(line, f"{path}:{line_number}")
                 if token_id in by_id:
-                    raise TokenError(f"{path}:{line_number}: token id {token_id} appears twice")
+                    raise VocabError(f"{path}:{line_number}: token id {token_id} appears twice")
                 by_id[token_id] = data
     except (OSError, UnicodeDecodeError) as e:
-        raise TokenError(f"cannot read World vocabulary {path}: {e}") from e
+        raise VocabError(f"cannot read World vocabulary {path}: {e}") from e
     if not by_id:
-        raise TokenError(f"World vocabulary {path} has no tokens")
+        raise VocabError(f"World vocabulary {path} has no tokens")
     size = max(by_id) + 1 if n_vocab is None else n_vocab
     if max(by_id) >= size:
-        raise TokenError(f"World vocabulary {path} has token id {max(by_id)} >= n_vocab {size}")
+        raise VocabError(f"World vocabulary {path} has token id {max(by_id)} >= n_vocab {size}")
     # Greedy matching never gets stuck only if every single byte is a token.
     missing = sorted(set(range(256)) - {data[0] for data in by_id.values() if len(data) == 1})
     if missing:
-        raise TokenError(f"World vocabulary {path} lacks single-byte tokens for {len(missing)} "
+        raise VocabError(f"World vocabulary {path} lacks single-byte tokens for {len(missing)} "
                          f"byte values (first: 0x{missing[0]:02x}); some text could not be encoded")
     try:
         trie = WorldTrie(list(by_id.values()), list(by_id))
     except ValueError as e:
-        raise TokenError(f"World vocabulary {path}: {e}") from None
+        raise VocabError(f"World vocabulary {path}: {e}") from None
     table = [None] * size
     for token_id, data in by_id.items():
         table[token_id] = data
@@ -280,7 +280,7 @@ def _import_hf_tokenizers():
     try:
         import tokenizers
     except ImportError:
-        raise RWKVError("this tokenizer needs the Hugging Face `tokenizers` package: "
+        raise MissingDependencyError("this tokenizer needs the Hugging Face `tokenizers` package: "
                         "pip install rwkvx[tokenizers]") from None
     return tokenizers
 
@@ -311,9 +311,9 @@ def _load_hf_vocab(path: str) -> _Vocab:
         with open(path, encoding="utf-8") as f:
             spec = json.load(f)
     except Exception as e:  # tokenizers raises its own Exception type for bad files
-        raise TokenError(f"cannot load tokenizer {path}: {e}") from e
+        raise VocabError(f"cannot load tokenizer {path}: {e}") from e
     if (spec.get("decoder") or {}).get("type") != "ByteLevel":
-        raise TokenError(f"{path}: only byte-level BPE tokenizers are supported "
+        raise VocabError(f"{path}: only byte-level BPE tokenizers are supported "
                          f"(decoder is {(spec.get('decoder') or {}).get('type')})")
     alphabet = _byte_level_alphabet()
     table = [None] * hf.get_vocab_size(with_added_tokens=True)

@@ -209,5 +209,6 @@ def test_bad_logits_mode(model):
 
 
 def test_all_errors_share_a_base_class():
-    for cls in (ModelFormatError, MissingTensorError, TokenError, StateError):
-        assert issubclass(cls, RWKVError)
+    for name in ("ModelFormatError", "MissingTensorError", "TokenError", "StateError", "SamplingError",
+                 "BackendError", "VocabError", "MissingDependencyError", "GPUUnavailableError"):
+        assert issubclass(getattr(rwkvx, name), RWKVError), name

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rwkvx.errors import RWKVError, TokenError
+from rwkvx.errors import MissingDependencyError, TokenError, VocabError
 from rwkvx.tokenizer import Tokenizer, VOCAB_DIR
 
 WORLD_VOCAB = VOCAB_DIR / "rwkv_vocab_v20230424.txt"
@@ -261,16 +261,16 @@ def test_small_vocab_greedy_by_hand(tmp_path):
     ("-3 'zz' 2", "negative"),
     ("garbage", "expected"),
 ])
-def test_bad_vocab_files_raise_token_error(tmp_path, line, reason):
+def test_bad_vocab_files_raise_vocab_error(tmp_path, line, reason):
     path = write_vocab(tmp_path / "bad.txt", single_byte_entries())
     path.write_text(path.read_text() + line + "\n")
-    with pytest.raises(TokenError, match=reason):
+    with pytest.raises(VocabError, match=reason):
         Tokenizer.from_file(path)
 
 
 def test_vocab_without_every_single_byte_is_refused(tmp_path):
     entries = single_byte_entries()[1:]  # no token for byte 0x00
-    with pytest.raises(TokenError, match="0x00"):
+    with pytest.raises(VocabError, match="0x00"):
         Tokenizer.from_file(write_vocab(tmp_path / "v.txt", entries))
 
 
@@ -279,9 +279,9 @@ def test_from_file_n_vocab(tmp_path):
     assert Tokenizer.from_file(path, n_vocab=300).n_vocab == 300
     with pytest.raises(TokenError, match="260"):
         Tokenizer.from_file(path).decode([260])
-    with pytest.raises(TokenError, match="n_vocab"):
+    with pytest.raises(VocabError, match="n_vocab"):
         Tokenizer.from_file(path, n_vocab=100)
-    with pytest.raises(TokenError, match="cannot read"):
+    with pytest.raises(VocabError, match="cannot read"):
         Tokenizer.from_file(tmp_path / "missing.txt")
 
 
@@ -357,7 +357,7 @@ def test_missing_tokenizers_package_gives_install_hint(tmp_path, monkeypatch):
     copy = tmp_path / "20B_tokenizer.json"  # a new path, so no cached load is reused
     copy.write_bytes(NEOX_JSON.read_bytes())
     monkeypatch.setitem(__import__("sys").modules, "tokenizers", None)  # makes `import tokenizers` fail
-    with pytest.raises(RWKVError, match=r"pip install rwkvx\[tokenizers\]"):
+    with pytest.raises(MissingDependencyError, match=r"pip install rwkvx\[tokenizers\]"):
         Tokenizer.from_file(copy)
 
 
@@ -436,5 +436,5 @@ def test_for_vocab_size_picks_the_tokenizer(n_vocab, name):
 
 @pytest.mark.parametrize("n_vocab", [0, -1, 255, 257, 50276, 50278, 65529, 65530, 65535, 65537, 100000])
 def test_for_vocab_size_refuses_unknown_sizes(n_vocab):
-    with pytest.raises(TokenError, match=str(n_vocab)):
+    with pytest.raises(VocabError, match=str(n_vocab)):
         Tokenizer.for_vocab_size(n_vocab)
