@@ -5,6 +5,7 @@ memory read bandwidth in the same run, then for each model file, in a fresh proc
 load time are its own), times:
   decode   ms per token, one token per call, with and without logits (serial decoding)
   prefill  tokens/s for one call of 128 and of 512 tokens
+  8-seq    aggregate tokens/s of 8 sequences decoding together (Model.forward_batch, with logits)
   load     seconds of rwkvx.load (memory-mapped) and the process's peak RSS (VmHWM of the child itself:
            ru_maxrss would also count the parent's probe buffer, which Linux carries across exec)
 and prints them beside the bound: bytes read per token / bandwidth, and the ratio decode / bound
@@ -35,6 +36,7 @@ BANDWIDTH_BUFFER_MAX_BYTES = 1 << 30  # beyond it, only DRAM bandwidth is measur
 PREFILL_LENGTHS = (128, 512)
 WARMUP_TOKENS = 3
 DECODE_WINDOWS = 4
+BATCH_SEQUENCES = 8  # the "8-seq t/s" column
 
 
 def measure_read_bandwidth(threads: int, n_bytes: int, repeats: int = 8) -> float:
@@ -84,6 +86,25 @@ def time_decode(model, n_tokens: int, logits) -> float:
     return best
 
 
+def time_batch_decode(model, n_tokens: int, n_seq: int = BATCH_SEQUENCES) -> float:
+    """Aggregate tokens per second of n_seq sequences decoding together (one forward_batch call advances
+    each by one token, logits included): the best of DECODE_WINDOWS windows of n_tokens // DECODE_WINDOWS
+    steps each, after WARMUP_TOKENS steps, states updated in place."""
+    states = [model.new_state() for _ in range(n_seq)]
+    tokens = np.arange(n_seq) % model.n_vocab
+    for _ in range(WARMUP_TOKENS):
+        model.forward_batch(tokens, states, inplace=True)
+    per_window = max(1, n_tokens // DECODE_WINDOWS)
+    best = float("inf")
+    for w in range(DECODE_WINDOWS):
+        start = time.perf_counter()
+        for t in range(per_window):
+            step = (tokens + w * per_window + t) % model.n_vocab
+            model.forward_batch(step, states, inplace=True)
+        best = min(best, (time.perf_counter() - start) / per_window)
+    return n_seq / best
+
+
 def time_prefill(model, length: int, repeats: int = 3) -> float:
     """Tokens per second of one call with `length` tokens (logits of the last one), best of `repeats`."""
     tokens = np.arange(length, dtype=np.int32) % model.n_vocab
@@ -111,6 +132,7 @@ def measure_one(path: str, threads: int, n_tokens: int) -> dict:
         "threads": model._core.threads,
         "ms_logits": time_decode(model, n_tokens, "last") * 1e3,
         "ms_no_logits": time_decode(model, n_tokens, None) * 1e3,
+        "batch_tps": time_batch_decode(model, n_tokens),
     }
     for length in PREFILL_LENGTHS:
         out[f"prefill_{length}"] = time_prefill(model, length)
@@ -166,8 +188,8 @@ def main(argv=None) -> int:
             streamed = per_token / (r["ms_logits"] / 1e3) / 1e9  # GB/s of weights, logits included
             row = (model, data_type, f"{per_token / 1e6:.0f}", f"{r['load_s']:.3f}", f"{r['peak_rss_mb']:.0f}",
                    f"{r['ms_logits']:.2f}", f"{r['ms_no_logits']:.2f}", f"{r['prefill_128']:.0f}",
-                   f"{r['prefill_512']:.0f}", "n/a", f"{streamed:.1f}", f"{bandwidth:.1f}", f"{bound_ms:.2f}",
-                   f"{r['ms_logits'] / bound_ms:.2f}")
+                   f"{r['prefill_512']:.0f}", f"{r['batch_tps']:.0f}", f"{streamed:.1f}", f"{bandwidth:.1f}",
+                   f"{bound_ms:.2f}", f"{r['ms_logits'] / bound_ms:.2f}")
             print("| " + " | ".join(row) + " |", flush=True)
     return 0
 

@@ -6,14 +6,14 @@ alive here (memory-mapped weights, canonicalized vectors). Every pointer and
 size handed to C is checked first, so C never reads outside a buffer.
 """
 from libc.stdint cimport int32_t, int64_t, uint64_t
-from libc.stdlib cimport calloc, free
+from libc.stdlib cimport calloc, free, malloc
 from libc.stddef cimport size_t
 
 import os
 
 import numpy as np
 
-from .errors import BackendError, TokenError
+from .errors import BackendError, StateError, TokenError
 
 cdef extern from "pool.h" nogil:
     ctypedef struct rwkvx_pool:
@@ -57,6 +57,8 @@ cdef extern from "rwkvx.h" nogil:
     void rwkvx_init_state(const rwkvx_model *m, float *state)
     int rwkvx_forward(const rwkvx_model *m, const int32_t *tokens, int64_t n_tokens,
                       float *state, float *logits, int logits_mode)
+    int rwkvx_forward_batch(const rwkvx_model *m, const int32_t *tokens, int64_t n_seq,
+                            float *const *states, float *logits)
     int rwkvx_embed(const rwkvx_model *m, const int32_t *tokens, int64_t n_tokens, float *x)
     int rwkvx_run_layers(const rwkvx_model *m, int32_t layer_begin, int32_t layer_end,
                          float *x, float *v_first, int64_t n_tokens, float *state)
@@ -298,6 +300,49 @@ cdef class CoreModel:
         if mode == RWKVX_LOGITS_LAST:
             return out[0]
         return out
+
+    def forward_batch(self, const int32_t[::1] tokens, list states, bint logits):
+        """One token for each of B independent sequences: tokens [B], states a list of B distinct float32
+        buffers [state_len], each updated in place. Returns logits float32 [B, n_vocab], or None when
+        logits is False (head skipped). Each row equals forward() of that token on that state, bit for bit."""
+        cdef int64_t B = tokens.shape[0]
+        if B == 0:
+            raise ValueError("no sequences")
+        if len(states) != B:
+            raise StateError(f"{B} tokens but {len(states)} states")
+        cdef float **ptrs = <float **>malloc(<size_t>B * sizeof(float *))
+        if ptrs == NULL:
+            raise MemoryError("rwkvx: out of memory for the batch's state pointers")
+        cdef float[::1] sv
+        cdef int64_t b, c
+        cdef int status
+        cdef size_t span = self.state_len * sizeof(float)
+        try:
+            for b in range(B):
+                sv = states[b]
+                if <size_t>sv.shape[0] != self.state_len:
+                    raise StateError(f"state {b} has {sv.shape[0]} floats, expected {self.state_len}")
+                ptrs[b] = &sv[0]
+                for c in range(b):  # two rows writing one buffer would race and differ from serial decoding
+                    if <char *>ptrs[c] < <char *>ptrs[b] + span and <char *>ptrs[b] < <char *>ptrs[c] + span:
+                        raise StateError(f"states {c} and {b} share memory: each sequence needs its own buffer")
+            out = np.empty((B, self.m.n_vocab), dtype=np.float32) if logits else None
+            status = self._forward_batch(tokens, B, ptrs, out)
+        finally:
+            free(ptrs)
+        self._raise_for(status, "rwkvx_forward_batch")
+        return out
+
+    cdef int _forward_batch(self, const int32_t[::1] tokens, int64_t B, float **ptrs, object out):
+        cdef float *out_ptr = NULL
+        cdef float[:, ::1] ov
+        if out is not None:
+            ov = out
+            out_ptr = &ov[0, 0]
+        cdef int status
+        with nogil:
+            status = rwkvx_forward_batch(&self.m, &tokens[0], B, ptrs, out_ptr)
+        return status
 
     cdef _raise_for(self, int status, str what):
         if status == RWKVX_ERR_TOKEN:

@@ -9,7 +9,7 @@ import numpy as np
 from . import _core
 from .architecture import (MATRIX_TENSORS, ModelShape, canonical_vector, default_group_norm_eps, expected_tensors,
                            infer_shape, layer_local_name)
-from .errors import ModelFormatError, StateError, TokenError
+from .errors import BackendError, ModelFormatError, StateError, TokenError
 from .formats.rwkvcpp import RwkvCppFile
 from .state import State
 
@@ -109,6 +109,44 @@ class Model:
         else:
             out = self._runner.forward(ids, state, logits)
         return out, state
+
+    def forward_batch(self, tokens: Sequence[int], states: Sequence[State | None], logits: bool = True,
+                      inplace: bool = False):
+        """Advance B independent sequences by one token each in one call (serving several conversations).
+
+        tokens: B token ids, tokens[b] follows states[b] (None: the initial state). Each weight is read once
+        for all B tokens, and every result is bit-identical to model.forward(tokens[b], states[b]).
+        logits: True -> float32 [B, n_vocab]; False -> None (ln_out and the head are skipped).
+        Returns (logits, list of B new states). The states passed in are left untouched unless inplace=True,
+        in which case they are updated and returned (they must then be B distinct State objects).
+        CPU only for now: a model with layers offloaded to a GPU raises BackendError.
+        """
+        if self._runner is not None:
+            raise BackendError("forward_batch runs on the CPU only for now; load the model without offload")
+        if not isinstance(logits, bool):
+            raise ValueError(f"logits must be True or False, got {logits!r}")
+        if isinstance(tokens, (int, np.integer)) or isinstance(states, State):
+            raise TokenError("forward_batch takes a sequence of tokens and a sequence of states, one per sequence")
+        ids = self._checked_tokens(tokens)
+        states = list(states)
+        if len(states) != ids.size:
+            raise StateError(f"{ids.size} tokens but {len(states)} states: one state per sequence")
+        ready = []
+        for b, state in enumerate(states):
+            if state is None:
+                state = self.new_state()
+            elif not isinstance(state, State):
+                raise StateError(f"state {b} must be an rwkvx.State (from model.new_state()) or None, "
+                                 f"got {type(state).__name__}")
+            else:
+                state.check_fits(self.shape)
+                if not inplace:
+                    state = state.copy()
+                elif any(state is other for other in ready):
+                    raise StateError(f"state {b} appears twice: with inplace=True each sequence needs its own State")
+            ready.append(state)
+        out = self._core.forward_batch(ids, [state.data for state in ready], logits)
+        return out, ready
 
     def generate(self, prompt, **kwargs):
         """Stream text after `prompt`: an iterator of str pieces. See rwkvx.generation.generate."""

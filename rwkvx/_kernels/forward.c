@@ -4,6 +4,11 @@
  * rows at once, so each weight is read once per call, not once per token; the
  * recurrences (token shift, WKV) then walk the tokens in order. The math per
  * token is exactly that of one-token calls, so results do not depend on T.
+ *
+ * The same code also runs a batch: T rows that are each the next token of a
+ * different sequence, every row with its own state (row_states below). The
+ * products still read each weight once for all rows; only the recurrences
+ * change, stepping each row once against its own state.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -129,11 +134,35 @@ static int scratch_alloc(scratch *s, const rwkvx_model *m, int64_t T) {
     return RWKVX_OK;
 }
 
-/* prev[t] = a[t-1], prev[0] = the stored shift state, which becomes a[T-1]. */
-static void token_shift(const float *a, float *prev, int64_t T, int64_t C, float *shift_state) {
-    memcpy(prev, shift_state, (size_t)C * sizeof(float));
-    if (T > 1) memcpy(prev + C, a, (size_t)((T - 1) * C) * sizeof(float));
-    memcpy(shift_state, a + (T - 1) * C, (size_t)C * sizeof(float));
+/* Which state each row of a chunk uses. sequential: the rows are consecutive
+ * tokens of one sequence, all using states[0]; otherwise row t is one token of
+ * its own sequence, using states[t]. */
+typedef struct row_states {
+    float *const *states;
+    int sequential;
+} row_states;
+
+/* The part of row t's state at float `offset`. */
+static float *row_state(const row_states *rs, int64_t t, size_t offset) {
+    return rs->states[rs->sequential ? 0 : t] + offset;
+}
+
+/* prev[t] = a[t-1], prev[0] = the stored shift state, which becomes a[T-1].
+ * Independent rows: prev[t] = row t's shift state, which becomes a[t]. */
+static void token_shift(const float *a, float *prev, int64_t T, int64_t C, const row_states *rs, size_t offset) {
+    const size_t row_bytes = (size_t)C * sizeof(float);
+    if (!rs->sequential) {
+        for (int64_t t = 0; t < T; t++) {
+            float *shift_state = row_state(rs, t, offset);
+            memcpy(prev + t * C, shift_state, row_bytes);
+            memcpy(shift_state, a + t * C, row_bytes);
+        }
+        return;
+    }
+    float *shift_state = row_state(rs, 0, offset);
+    memcpy(prev, shift_state, row_bytes);
+    if (T > 1) memcpy(prev + C, a, (size_t)(T - 1) * row_bytes);
+    memcpy(shift_state, a + (T - 1) * C, row_bytes);
 }
 
 /* v4/v5 interpolation: out = a*mu + prev*(1-mu). */
@@ -234,11 +263,11 @@ static void activate(const rwkvx_model *m, float *h, int64_t T, int64_t n, int k
 }
 
 static void channel_mix(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, int64_t T, float *x,
-                        float *shift_state) {
+                        const row_states *rs, size_t layer_offset) {
     const int64_t C = m->n_embd, F = m->n_ffn;
     float *f = s->a, *q = s->prev, *xk = s->mix[0], *xr = s->mix[1];
     layer_norm(m, x, f, T, C, vec(L, RWKVX_LN2_W), vec(L, RWKVX_LN2_B));
-    token_shift(f, q, T, C, shift_state);
+    token_shift(f, q, T, C, rs, layer_offset); /* ffn_xx: the layer's first C floats */
     switch (m->arch) {
     case RWKVX_ARCH_V7:
         delta_mix(f, q, vec(L, RWKVX_FFN_X_K), T, C, xk);
@@ -252,11 +281,11 @@ static void channel_mix(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
         lerp_mix(f, q, vec(L, RWKVX_FFN_MIX_R), T, C, xr);
     }
     matmul(m, mat(L, RWKVX_FFN_K), xk, C, T, s->hidden, F);
-    relu_square_job rs = {s->hidden, F};
+    relu_square_job rsq = {s->hidden, F};
     if (m->pool != NULL && T >= PARALLEL_ROWS_MIN_TOKENS)
-        rwkvx_pool_run(m->pool, relu_square_rows, &rs, T, 1);
+        rwkvx_pool_run(m->pool, relu_square_rows, &rsq, T, 1);
     else
-        relu_square_rows(&rs, 0, T);
+        relu_square_rows(&rsq, 0, T);
     matmul(m, mat(L, RWKVX_FFN_V), s->hidden, F, T, s->out, C);
     if (m->arch != RWKVX_ARCH_V7) {
         matmul(m, mat(L, RWKVX_FFN_R), xr, C, T, s->r, C);
@@ -267,7 +296,8 @@ static void channel_mix(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
 
 /* ---- time mixing (attention) -------------------------------------------- */
 
-static void time_mix_v4(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, int64_t T, float *st) {
+static void time_mix_v4(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, int64_t T, const row_states *rs,
+                        size_t layer_offset) {
     const int64_t C = m->n_embd;
     float *xk = s->mix[0], *xv = s->mix[1], *xr = s->mix[2];
     lerp_mix(s->a, s->prev, vec(L, RWKVX_ATT_MIX_K), T, C, xk);
@@ -276,13 +306,28 @@ static void time_mix_v4(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
     matmul(m, mat(L, RWKVX_ATT_K), xk, C, T, s->k, C);
     matmul(m, mat(L, RWKVX_ATT_V), xv, C, T, s->v, C);
     matmul(m, mat(L, RWKVX_ATT_R), xr, C, T, s->r, C);
-    rwkvx_wkv4_ref(T, C, s->k, s->v, vec(L, RWKVX_ATT_FIRST), vec(L, RWKVX_ATT_DECAY),
-                   st + 2 * C, st + 3 * C, st + 4 * C, s->y);
+    const int64_t steps = rs->sequential ? 1 : T, step_T = rs->sequential ? T : 1;
+    for (int64_t t = 0; t < steps; t++) { /* one call over all rows, or one per independent row */
+        float *st = row_state(rs, t, layer_offset);
+        rwkvx_wkv4_ref(step_T, C, s->k + t * C, s->v + t * C, vec(L, RWKVX_ATT_FIRST), vec(L, RWKVX_ATT_DECAY),
+                       st + 2 * C, st + 3 * C, st + 4 * C, s->y + t * C);
+    }
     for (int64_t i = 0; i < T * C; i++) s->y[i] *= sigmoidf(s->r[i]);
     matmul(m, mat(L, RWKVX_ATT_O), s->y, C, T, s->out, C);
 }
 
-static void time_mix_v5(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, int64_t T, float *st) {
+/* The v5/v6 recurrence over all rows (w: stride w_stride per row) against their states. */
+static void wkv5_rows(const rwkvx_model *m, scratch *s, int64_t T, const float *u, const float *w, int64_t w_stride,
+                      const row_states *rs, size_t layer_offset) {
+    const int64_t C = m->n_embd;
+    const int64_t steps = rs->sequential ? 1 : T, step_T = rs->sequential ? T : 1;
+    for (int64_t t = 0; t < steps; t++) /* one call over all rows, or one per independent row */
+        rwkvx_wkv5_ref(step_T, m->n_head, m->head_size, s->r + t * C, s->k + t * C, s->v + t * C, u,
+                       w + t * w_stride, w_stride, row_state(rs, t, layer_offset + 2 * (size_t)C), s->y + t * C);
+}
+
+static void time_mix_v5(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, int64_t T, const row_states *rs,
+                        size_t layer_offset) {
     const int64_t C = m->n_embd;
     const int v52 = m->arch == RWKVX_ARCH_V5_2;
     float *xk = s->mix[0], *xv = s->mix[1], *xr = s->mix[2], *xg = s->mix[3];
@@ -293,8 +338,7 @@ static void time_mix_v5(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
     matmul(m, mat(L, RWKVX_ATT_V), xv, C, T, s->v, C);
     matmul(m, mat(L, RWKVX_ATT_R), xr, C, T, s->r, C);
     const float *u = vec(L, v52 ? RWKVX_ATT_FAAAA : RWKVX_ATT_FIRST);
-    rwkvx_wkv5_ref(T, m->n_head, m->head_size, s->r, s->k, s->v, u, vec(L, RWKVX_ATT_DECAY), 0,
-                   st + 2 * C, s->y);
+    wkv5_rows(m, s, T, u, vec(L, RWKVX_ATT_DECAY), 0, rs, layer_offset);
     group_norm(m, s->y, T, vec(L, RWKVX_LNX_W), vec(L, RWKVX_LNX_B));
     if (v52) {
         lerp_mix(s->a, s->prev, vec(L, RWKVX_ATT_MIX_G), T, C, xg);
@@ -304,7 +348,8 @@ static void time_mix_v5(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
     matmul(m, mat(L, RWKVX_ATT_O), s->y, C, T, s->out, C);
 }
 
-static void time_mix_v6(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, int64_t T, float *st) {
+static void time_mix_v6(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, int64_t T, const row_states *rs,
+                        size_t layer_offset) {
     const int64_t C = m->n_embd;
     const int64_t D = mat(L, RWKVX_MAA_W1)->n_rows / 5, D2 = mat(L, RWKVX_DECAY_W1)->n_rows;
     /* xxx = a + (prev - a) * maa_x, then five data-dependent mixes (w, k, v, r, g) */
@@ -337,8 +382,7 @@ static void time_mix_v6(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
     const float *decay = vec(L, RWKVX_ATT_DECAY);
     for (int64_t t = 0; t < T; t++)
         for (int64_t i = 0; i < C; i++) s->w[t * C + i] = expf(-expf(decay[i] + s->w[t * C + i]));
-    rwkvx_wkv5_ref(T, m->n_head, m->head_size, s->r, s->k, s->v, vec(L, RWKVX_ATT_FAAAA), s->w, C,
-                   st + 2 * C, s->y);
+    wkv5_rows(m, s, T, vec(L, RWKVX_ATT_FAAAA), s->w, C, rs, layer_offset);
     group_norm(m, s->y, T, vec(L, RWKVX_LNX_W), vec(L, RWKVX_LNX_B));
     for (int64_t i = 0; i < T * C; i++) s->y[i] *= s->g[i] * sigmoidf(s->g[i]);
     matmul(m, mat(L, RWKVX_ATT_O), s->y, C, T, s->out, C);
@@ -362,12 +406,20 @@ static void lora(const rwkvx_model *m, const rwkvx_tensor *w1, const rwkvx_tenso
 typedef struct wkv7_job {
     int64_t T, H, S;
     const float *r, *w, *k, *v, *a, *b;
-    float *state, *y;
+    const row_states *rs;
+    size_t heads_offset; /* of the layer's head states in a row's state */
+    float *y;
 } wkv7_job;
 
 static void wkv7_heads_task(void *ctx, int64_t begin, int64_t end) {
     const wkv7_job *j = ctx;
-    rwkvx_wkv7_heads(j->T, j->H, j->S, begin, end, j->r, j->w, j->k, j->v, j->a, j->b, j->state, j->y);
+    const int64_t C = j->H * j->S;
+    const int64_t steps = j->rs->sequential ? 1 : j->T, step_T = j->rs->sequential ? j->T : 1;
+    for (int64_t t = 0; t < steps; t++) { /* one call over all rows, or one per independent row */
+        const int64_t o = t * C;
+        rwkvx_wkv7_heads(step_T, j->H, j->S, begin, end, j->r + o, j->w + o, j->k + o, j->v + o, j->a + o,
+                         j->b + o, row_state(j->rs, t, j->heads_offset), j->y + o);
+    }
 }
 
 /* The elementwise stretches of v7 time mixing, each over a range of tokens so
@@ -468,7 +520,7 @@ static void run_v7_stage(const rwkvx_model *m, const rwkvx_layer *L, scratch *s,
 }
 
 static void time_mix_v7(const rwkvx_model *m, const rwkvx_layer *L, int32_t layer, scratch *s, int64_t T,
-                        float *st, float *v_first) {
+                        const row_states *rs, size_t layer_offset, float *v_first) {
     const int64_t C = m->n_embd, H = m->n_head, S = m->head_size;
     run_v7_stage(m, L, s, v_first, T, V7_MIX);
     float *xr = s->mix[0], *xw = s->mix[1], *xk = s->mix[2], *xv = s->mix[3], *xa = s->mix[4], *xg = s->mix[5];
@@ -490,7 +542,7 @@ static void time_mix_v7(const rwkvx_model *m, const rwkvx_layer *L, int32_t laye
         run_v7_stage(m, L, s, v_first, T, V7_VMIX);
     }
     run_v7_stage(m, L, s, v_first, T, V7_AB);
-    wkv7_job wkv = {T, H, S, s->r, s->w, s->k, s->v, s->mix[0], s->mix[1], st + 2 * C, s->y};
+    wkv7_job wkv = {T, H, S, s->r, s->w, s->k, s->v, s->mix[0], s->mix[1], rs, layer_offset + 2 * (size_t)C, s->y};
     rwkvx_pool_run(m->pool, wkv7_heads_task, &wkv, H, 1); /* heads are independent: one range per thread */
     group_norm(m, s->y, T, vec(L, RWKVX_LNX_W), vec(L, RWKVX_LNX_B));
     run_v7_stage(m, L, s, v_first, T, V7_BONUS);
@@ -522,24 +574,24 @@ int rwkvx_embed(const rwkvx_model *m, const int32_t *tokens, int64_t T, float *x
 }
 
 static int run_layers_chunk(const rwkvx_model *m, int32_t begin, int32_t end, float *x, float *v_first,
-                            int64_t T, float *state, scratch *s) {
+                            int64_t T, const row_states *rs, scratch *s) {
     const int64_t C = m->n_embd;
     const size_t per_layer = rwkvx_state_floats_per_layer(m);
     for (int32_t i = begin; i < end; i++) {
         const rwkvx_layer *L = &m->layers[i];
-        float *st = state + (size_t)i * per_layer; /* [ffn_xx, att_xx, ...] */
+        const size_t st = (size_t)i * per_layer; /* the layer's [ffn_xx, att_xx, ...] in a row's state */
         layer_norm(m, x, s->a, T, C, vec(L, RWKVX_LN1_W), vec(L, RWKVX_LN1_B));
-        token_shift(s->a, s->prev, T, C, st + C);
+        token_shift(s->a, s->prev, T, C, rs, st + (size_t)C);
         switch (m->arch) {
-        case RWKVX_ARCH_V4: time_mix_v4(m, L, s, T, st); break;
+        case RWKVX_ARCH_V4: time_mix_v4(m, L, s, T, rs, st); break;
         case RWKVX_ARCH_V5_1:
-        case RWKVX_ARCH_V5_2: time_mix_v5(m, L, s, T, st); break;
-        case RWKVX_ARCH_V6: time_mix_v6(m, L, s, T, st); break;
-        case RWKVX_ARCH_V7: time_mix_v7(m, L, i, s, T, st, v_first); break;
+        case RWKVX_ARCH_V5_2: time_mix_v5(m, L, s, T, rs, st); break;
+        case RWKVX_ARCH_V6: time_mix_v6(m, L, s, T, rs, st); break;
+        case RWKVX_ARCH_V7: time_mix_v7(m, L, i, s, T, rs, st, v_first); break;
         default: return RWKVX_ERR_ARGUMENT;
         }
         add_rows(x, s->out, T * C);
-        channel_mix(m, L, s, T, x, st);
+        channel_mix(m, L, s, T, x, rs, st);
     }
     return RWKVX_OK;
 }
@@ -549,7 +601,8 @@ int rwkvx_run_layers(const rwkvx_model *m, int32_t begin, int32_t end, float *x,
     if (begin < 0 || end > m->n_layer || begin > end || T <= 0) return RWKVX_ERR_ARGUMENT;
     scratch s;
     if (scratch_alloc(&s, m, T) != RWKVX_OK) return RWKVX_ERR_ALLOC;
-    const int status = run_layers_chunk(m, begin, end, x, v_first, T, state, &s);
+    const row_states rs = {&state, 1};
+    const int status = run_layers_chunk(m, begin, end, x, v_first, T, &rs, &s);
     free(s.block);
     return status;
 }
@@ -564,13 +617,16 @@ int rwkvx_head(const rwkvx_model *m, const float *x, int64_t T, float *logits) {
     return RWKVX_OK;
 }
 
-int rwkvx_forward(const rwkvx_model *m, const int32_t *tokens, int64_t n_tokens, float *state,
-                  float *logits, int logits_mode) {
-    if (n_tokens <= 0) return RWKVX_ERR_ARGUMENT;
-    for (int64_t t = 0; t < n_tokens; t++)
+/* Embedding, all layers and the head over n_rows rows, in chunks of at most
+ * RWKVX_MAX_CHUNK rows. sequential: the rows are one sequence's tokens, all on
+ * states[0]; otherwise row t is a token of its own sequence, on states[t]. */
+static int forward_rows(const rwkvx_model *m, const int32_t *tokens, int64_t n_rows, float *const *states,
+                        int sequential, float *logits, int logits_mode) {
+    if (n_rows <= 0) return RWKVX_ERR_ARGUMENT;
+    for (int64_t t = 0; t < n_rows; t++)
         if (tokens[t] < 0 || tokens[t] >= m->n_vocab) return RWKVX_ERR_TOKEN;
     const int64_t C = m->n_embd;
-    const int64_t chunk = n_tokens < RWKVX_MAX_CHUNK ? n_tokens : RWKVX_MAX_CHUNK;
+    const int64_t chunk = n_rows < RWKVX_MAX_CHUNK ? n_rows : RWKVX_MAX_CHUNK;
     scratch s;
     if (scratch_alloc(&s, m, chunk) != RWKVX_OK) return RWKVX_ERR_ALLOC;
     float *x = malloc((size_t)(2 * chunk * C) * sizeof(float));
@@ -580,17 +636,31 @@ int rwkvx_forward(const rwkvx_model *m, const int32_t *tokens, int64_t n_tokens,
     }
     float *v_first = x + chunk * C;
     int status = RWKVX_OK;
-    for (int64_t t0 = 0; t0 < n_tokens && status == RWKVX_OK; t0 += chunk) {
-        const int64_t T = n_tokens - t0 < chunk ? n_tokens - t0 : chunk;
+    for (int64_t t0 = 0; t0 < n_rows && status == RWKVX_OK; t0 += chunk) {
+        const int64_t T = n_rows - t0 < chunk ? n_rows - t0 : chunk;
+        const row_states rs = {sequential ? states : states + t0, sequential};
         status = rwkvx_embed(m, tokens + t0, T, x);
-        if (status == RWKVX_OK) status = run_layers_chunk(m, 0, m->n_layer, x, v_first, T, state, &s);
+        if (status == RWKVX_OK) status = run_layers_chunk(m, 0, m->n_layer, x, v_first, T, &rs, &s);
         if (status != RWKVX_OK) break;
         if (logits_mode == RWKVX_LOGITS_ALL)
             status = rwkvx_head(m, x, T, logits + t0 * m->n_vocab);
-        else if (logits_mode == RWKVX_LOGITS_LAST && t0 + T == n_tokens)
+        else if (logits_mode == RWKVX_LOGITS_LAST && t0 + T == n_rows)
             status = rwkvx_head(m, x + (T - 1) * C, 1, logits);
     }
     free(x);
     free(s.block);
     return status;
+}
+
+int rwkvx_forward(const rwkvx_model *m, const int32_t *tokens, int64_t n_tokens, float *state,
+                  float *logits, int logits_mode) {
+    return forward_rows(m, tokens, n_tokens, &state, 1, logits, logits_mode);
+}
+
+int rwkvx_forward_batch(const rwkvx_model *m, const int32_t *tokens, int64_t n_seq, float *const *states,
+                        float *logits) {
+    if (n_seq <= 0 || states == NULL) return RWKVX_ERR_ARGUMENT;
+    for (int64_t b = 0; b < n_seq; b++)
+        if (states[b] == NULL) return RWKVX_ERR_ARGUMENT;
+    return forward_rows(m, tokens, n_seq, states, 0, logits, logits == NULL ? RWKVX_LOGITS_NONE : RWKVX_LOGITS_ALL);
 }

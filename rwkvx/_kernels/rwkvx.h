@@ -115,6 +115,14 @@ void rwkvx_init_state(const rwkvx_model *m, float *state);
 int rwkvx_forward(const rwkvx_model *m, const int32_t *tokens, int64_t n_tokens,
                   float *state, float *logits, int logits_mode);
 
+/* One token for each of n_seq independent sequences (a batch): tokens[b] follows
+ * states[b] (each [state floats], updated in place; all distinct buffers).
+ * Weights are read once for all rows; every output is bit-identical to
+ * rwkvx_forward of that token alone on that state. logits: [n_seq][n_vocab],
+ * or NULL to skip ln_out and the head. */
+int rwkvx_forward_batch(const rwkvx_model *m, const int32_t *tokens, int64_t n_seq,
+                        float *const *states, float *logits);
+
 /* The pieces, for callers that place segments of layers elsewhere. */
 int rwkvx_embed(const rwkvx_model *m, const int32_t *tokens, int64_t n_tokens, float *x);
 int rwkvx_run_layers(const rwkvx_model *m, int32_t layer_begin, int32_t layer_end,
