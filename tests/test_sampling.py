@@ -203,3 +203,31 @@ def test_bad_logits_raise_a_clear_error():
         Sampler(logit_bias={300: 1.0}).sample(np.zeros(N_VOCAB))
     with pytest.raises(SamplingError, match="1-D"):
         Sampler().sample(np.zeros((2, 3)))
+
+
+def _kept_by_full_sort(sampler, probs):
+    """The kept set the plain way: one full stable sort, then top_k, top_p and min_p."""
+    order = np.argsort(-probs, kind="stable")
+    order = order[probs[order] > 0.0]
+    if sampler.top_k:
+        order = order[: sampler.top_k]
+    if sampler.top_p < 1.0:
+        cumulative = np.cumsum(probs[order])
+        order = order[: int(np.searchsorted(cumulative, sampler.top_p - 1e-12, side="left")) + 1]
+    if sampler.min_p > 0.0:
+        order = order[probs[order] >= sampler.min_p * probs[order[0]]]
+    return order
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_partial_sort_keeps_exactly_what_a_full_sort_keeps(seed):
+    """The candidate-widening shortcut must give the full sort's kept tokens in the same order,
+    including ties at the candidate boundary (quantized logits make many equal probabilities)."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.choice([300, 5000, 65536]))
+    logits = np.round(rng.normal(size=n) * rng.choice([0.5, 3.0, 12.0]), int(rng.integers(0, 3)))
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    sampler = Sampler(top_k=int(rng.choice([0, 1, 40, 300, 10000])), top_p=float(rng.choice([1.0, 0.3, 0.9, 0.999])),
+                      min_p=float(rng.choice([0.0, 0.0, 0.05])))
+    np.testing.assert_array_equal(sampler._kept_tokens(probs), _kept_by_full_sort(sampler, probs))
