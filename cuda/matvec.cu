@@ -23,16 +23,8 @@ __device__ __forceinline__ void load_chunk(const uint8_t *row, int c, float *out
     } else if (TYPE == RWKVX_TYPE_F16) {
         const __half *p = (const __half *)row + c * RWKVX_QK;
         for (int j = 0; j < RWKVX_QK; j++) out[j] = __half2float(p[j]);
-    } else if (TYPE == RWKVX_TYPE_Q4_0) {
-        rwkvx_dequant_block_q4_0(row + c * sizeof(rwkvx_block_q4_0), out);
-    } else if (TYPE == RWKVX_TYPE_Q4_1) {
-        rwkvx_dequant_block_q4_1(row + c * sizeof(rwkvx_block_q4_1), out);
-    } else if (TYPE == RWKVX_TYPE_Q5_0) {
-        rwkvx_dequant_block_q5_0(row + c * sizeof(rwkvx_block_q5_0), out);
-    } else if (TYPE == RWKVX_TYPE_Q5_1) {
-        rwkvx_dequant_block_q5_1(row + c * sizeof(rwkvx_block_q5_1), out);
     } else {
-        rwkvx_dequant_block_q8_0(row + c * sizeof(rwkvx_block_q8_0), out);
+        rwkvx_dequant_block(TYPE, row, (size_t)c, out);
     }
 }
 

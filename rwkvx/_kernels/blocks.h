@@ -182,4 +182,18 @@ RWKVX_HD void rwkvx_dequant_block_q8_0(const void *src, float *out) {
     for (int j = 0; j < RWKVX_QK; j++) out[j] = d * (float)b.qs[j];
 }
 
+/* Block `index` of a row of a quantized type, dequantized: the one place that maps a type id to its
+ * decoder (a constant type folds the switch away, as in the CUDA templates). */
+RWKVX_HD void rwkvx_dequant_block(int type, const void *row, size_t index, float *out) {
+    const uint8_t *p = (const uint8_t *)row;
+    switch (type) {
+    case RWKVX_TYPE_Q4_0: rwkvx_dequant_block_q4_0(p + index * sizeof(rwkvx_block_q4_0), out); return;
+    case RWKVX_TYPE_Q4_1: rwkvx_dequant_block_q4_1(p + index * sizeof(rwkvx_block_q4_1), out); return;
+    case RWKVX_TYPE_Q5_0: rwkvx_dequant_block_q5_0(p + index * sizeof(rwkvx_block_q5_0), out); return;
+    case RWKVX_TYPE_Q5_1: rwkvx_dequant_block_q5_1(p + index * sizeof(rwkvx_block_q5_1), out); return;
+    case RWKVX_TYPE_Q8_0: rwkvx_dequant_block_q8_0(p + index * sizeof(rwkvx_block_q8_0), out); return;
+    default: return;
+    }
+}
+
 #endif /* RWKVX_BLOCKS_H */

@@ -24,25 +24,8 @@ void rwkvx_dequant_row_ref(const rwkvx_tensor *w, int64_t row, float *out) {
     case RWKVX_TYPE_F16:
         for (int64_t i = 0; i < n; i++) out[i] = rwkvx_half_to_float(rwkvx_load_half(src + 2 * i));
         return;
-    case RWKVX_TYPE_Q4_0:
-        for (int64_t b = 0; b < n / RWKVX_QK; b++)
-            rwkvx_dequant_block_q4_0(src + b * sizeof(rwkvx_block_q4_0), out + b * RWKVX_QK);
-        return;
-    case RWKVX_TYPE_Q4_1:
-        for (int64_t b = 0; b < n / RWKVX_QK; b++)
-            rwkvx_dequant_block_q4_1(src + b * sizeof(rwkvx_block_q4_1), out + b * RWKVX_QK);
-        return;
-    case RWKVX_TYPE_Q5_0:
-        for (int64_t b = 0; b < n / RWKVX_QK; b++)
-            rwkvx_dequant_block_q5_0(src + b * sizeof(rwkvx_block_q5_0), out + b * RWKVX_QK);
-        return;
-    case RWKVX_TYPE_Q5_1:
-        for (int64_t b = 0; b < n / RWKVX_QK; b++)
-            rwkvx_dequant_block_q5_1(src + b * sizeof(rwkvx_block_q5_1), out + b * RWKVX_QK);
-        return;
-    case RWKVX_TYPE_Q8_0:
-        for (int64_t b = 0; b < n / RWKVX_QK; b++)
-            rwkvx_dequant_block_q8_0(src + b * sizeof(rwkvx_block_q8_0), out + b * RWKVX_QK);
+    default:
+        for (int64_t b = 0; b < n / RWKVX_QK; b++) rwkvx_dequant_block(w->type, src, (size_t)b, out + b * RWKVX_QK);
         return;
     }
 }
