@@ -38,6 +38,7 @@ cdef extern from "rwkvx.h" nogil:
         int32_t type
         int32_t n_in
         int32_t n_rows
+        int32_t layout
 
     ctypedef struct rwkvx_layer:
         rwkvx_tensor t[RWKVX_N_LAYER_SLOTS]
@@ -64,13 +65,27 @@ cdef extern from "rwkvx.h" nogil:
                          float *x, float *v_first, int64_t n_tokens, float *state)
     int rwkvx_head(const rwkvx_model *m, const float *x, int64_t n_tokens, float *logits)
 
+cdef extern from "packed.h" nogil:
+    enum: RWKVX_LAYOUT_ROWS
+    enum: RWKVX_LAYOUT_PACKED16
+    size_t rwkvx_packed_bytes(int type, int64_t n_in, int64_t n_rows)
+
 cdef extern from "kernels.h" nogil:
     uint64_t rwkvx_read_stream(const void *data, size_t n_bytes)
+    ctypedef struct rwkvx_q8_acts:
+        pass
+    ctypedef void (*rwkvx_matmul_q8_fn)(const rwkvx_tensor *w, const rwkvx_q8_acts *x, float *y, int64_t ldy)
+    int rwkvx_type_is_quantized(int type)
+    void rwkvx_pack_matrix(rwkvx_pool *pool, const void *src, int type, int64_t n_in, int64_t n_rows, void *dst)
+    void rwkvx_matmul_via_q8(rwkvx_matmul_q8_fn fn, const rwkvx_tensor *w, const float *x, int64_t ldx,
+                             int64_t n_tokens, float *y, int64_t ldy)
     ctypedef void (*rwkvx_matmul_fn)(const rwkvx_tensor *w, const float *x, int64_t ldx,
                                      int64_t n_tokens, float *y, int64_t ldy)
     ctypedef struct rwkvx_kernel_table:
         const char *isa
         rwkvx_matmul_fn matmul
+        rwkvx_matmul_q8_fn matmul_q8_packed
+        int prefers_packed
     const rwkvx_kernel_table *rwkvx_kernels
     enum: RWKVX_ISA_OK
     enum: RWKVX_ISA_UNKNOWN
@@ -110,6 +125,11 @@ def _select_isa_from_env():
            RWKVX_ISA_NOT_SUPPORTED: f"this CPU or OS does not support {forced} "
                                     f"(usable here: {', '.join(supported_isas())})"}[status]
     raise BackendError(f"{ISA_ENV}={os.environ[ISA_ENV]!r}: {why}")
+
+
+def active_prefers_packed():
+    """True if the active kernel level reads quantized matrices faster in the packed16 layout."""
+    return bool(rwkvx_kernels.prefers_packed)
 
 
 def active_isa():
@@ -167,13 +187,64 @@ def matmul_with(str isa, int type_id, raw, int n_in, int n_rows, const float[:, 
         raise ValueError(f"x must be float32 [T, {n_in}] with T > 0")
     cdef rwkvx_tensor w
     w.data = &view[0]
-    w.type, w.n_in, w.n_rows = type_id, n_in, n_rows
+    w.type, w.n_in, w.n_rows, w.layout = type_id, n_in, n_rows, RWKVX_LAYOUT_ROWS
     out = np.empty((x.shape[0], n_rows), dtype=np.float32)
     cdef float[:, ::1] ov = out
     cdef int64_t T = x.shape[0]
     with nogil:
         table.matmul(&w, &x[0, 0], n_in, T, &ov[0, 0], n_rows)
     return out
+
+
+def _aligned_empty(size_t n_bytes):
+    """A uint8 array of n_bytes starting on a 64-byte boundary (a cache line; what aligned SIMD loads need)."""
+    base = np.empty(n_bytes + 64, dtype=np.uint8)
+    start = (-base.ctypes.data) % 64
+    return base[start : start + n_bytes]
+
+
+def pack_matrix(int type_id, raw, int n_in, int n_rows):
+    """The packed16 layout (rwkvx/_kernels/packed.h) of a quantized matrix in file layout, as a new
+    64-byte-aligned uint8 array (for tests; models pack through CoreModel.pack)."""
+    cdef const unsigned char[::1] view = raw
+    _check_matrix(type_id, view.shape[0], n_in, n_rows)
+    if not rwkvx_type_is_quantized(type_id):
+        raise ValueError("only quantized matrices have a packed layout")
+    out = _aligned_empty(rwkvx_packed_bytes(type_id, n_in, n_rows))
+    cdef unsigned char[::1] ov = out
+    with nogil:
+        rwkvx_pack_matrix(NULL, &view[0], type_id, n_in, n_rows, &ov[0])
+    return out
+
+
+def matmul_packed_with(str isa, int type_id, packed, int n_in, int n_rows, const float[:, ::1] x):
+    """y float32 [T, n_rows] = W x[t] with one level's product over a packed16 matrix (from
+    pack_matrix); x float32 [T, n_in]. Raises BackendError if the level is not usable here."""
+    cdef const rwkvx_kernel_table *table = rwkvx_kernel_table_for(isa.encode())
+    if table == NULL:
+        raise BackendError(f"kernel level {isa!r} is not usable here (usable: {', '.join(supported_isas())})")
+    cdef const unsigned char[::1] view = packed
+    if not rwkvx_type_is_quantized(type_id) or n_in <= 0 or n_rows <= 0 or n_in % 32:
+        raise ValueError("a packed matrix is quantized, with n_in a positive multiple of 32")
+    if <size_t>view.shape[0] != rwkvx_packed_bytes(type_id, n_in, n_rows):
+        raise ValueError(f"packed has {view.shape[0]} bytes, expected {rwkvx_packed_bytes(type_id, n_in, n_rows)}")
+    if x.shape[0] == 0 or x.shape[1] != n_in:
+        raise ValueError(f"x must be float32 [T, {n_in}] with T > 0")
+    cdef rwkvx_tensor w
+    w.data = &view[0]
+    w.type, w.n_in, w.n_rows, w.layout = type_id, n_in, n_rows, RWKVX_LAYOUT_PACKED16
+    out = np.empty((x.shape[0], n_rows), dtype=np.float32)
+    cdef float[:, ::1] ov = out
+    cdef int64_t T = x.shape[0]
+    with nogil:
+        rwkvx_matmul_via_q8(table.matmul_q8_packed, &w, &x[0, 0], n_in, T, &ov[0, 0], n_rows)
+    return out
+
+
+cdef _check_matrix(int type_id, size_t n_bytes, int n_in, int n_rows):
+    cdef size_t need = rwkvx_row_bytes(type_id, n_in) * <size_t>n_rows
+    if n_in <= 0 or n_rows <= 0 or need == 0 or n_bytes != need:
+        raise ValueError(f"buffer has {n_bytes} bytes, expected {need} for {n_rows} rows of {n_in}")
 
 
 def row_bytes(int type_id, size_t n):
@@ -185,7 +256,7 @@ cdef class CoreModel:
     """An rwkvx_model: shapes plus one pointer per tensor slot, kept valid by self._keep."""
 
     cdef rwkvx_model m
-    cdef list _keep
+    cdef dict _keep
     cdef readonly size_t state_len
 
     def __cinit__(self, str arch, int n_vocab, int n_embd, int n_layer, int n_ffn, int n_head, int head_size,
@@ -201,7 +272,7 @@ cdef class CoreModel:
         self.m.layers = <rwkvx_layer *>calloc(n_layer, sizeof(rwkvx_layer))
         if self.m.layers == NULL:
             raise MemoryError()
-        self._keep = []
+        self._keep = {}
         self.state_len = rwkvx_state_floats_per_layer(&self.m) * n_layer
         self.set_threads(threads)
 
@@ -241,17 +312,7 @@ cdef class CoreModel:
 
         layer -1 addresses the global slots. The buffer is kept alive by this object.
         """
-        cdef rwkvx_tensor *t
-        if layer == -1:
-            if slot not in _GLOBAL_INDEX:
-                raise KeyError(f"no global slot {slot!r}")
-            t = &self.m.globals[<int>_GLOBAL_INDEX[slot]]
-        else:
-            if not 0 <= layer < self.m.n_layer:
-                raise IndexError(f"layer {layer} out of range")
-            if slot not in _LAYER_INDEX:
-                raise KeyError(f"no layer slot {slot!r}")
-            t = &self.m.layers[layer].t[<int>_LAYER_INDEX[slot]]
+        cdef rwkvx_tensor *t = self._slot(layer, slot)
         if n_in <= 0 or n_rows <= 0:
             raise ValueError(f"{slot}: empty tensor")
         cdef size_t need = rwkvx_row_bytes(type_id, n_in) * <size_t>n_rows
@@ -260,9 +321,43 @@ cdef class CoreModel:
         cdef const unsigned char[::1] view = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
         if <size_t>view.shape[0] != need:
             raise ValueError(f"{slot}: buffer has {view.shape[0]} bytes, expected {need}")
-        self._keep.append(array)
+        self._keep[layer, slot] = array
         t.data = &view[0]
-        t.type, t.n_in, t.n_rows = type_id, n_in, n_rows
+        t.type, t.n_in, t.n_rows, t.layout = type_id, n_in, n_rows, RWKVX_LAYOUT_ROWS
+
+    cdef rwkvx_tensor *_slot(self, int layer, str slot) except NULL:
+        if layer == -1:
+            if slot not in _GLOBAL_INDEX:
+                raise KeyError(f"no global slot {slot!r}")
+            return &self.m.globals[<int>_GLOBAL_INDEX[slot]]
+        if not 0 <= layer < self.m.n_layer:
+            raise IndexError(f"layer {layer} out of range")
+        if slot not in _LAYER_INDEX:
+            raise KeyError(f"no layer slot {slot!r}")
+        return &self.m.layers[layer].t[<int>_LAYER_INDEX[slot]]
+
+    def pack(self, int layer, str slot):
+        """Rewrite a quantized matrix slot into the packed16 layout (rwkvx/_kernels/packed.h) that the
+        active kernels read faster, split over this model's threads. The slot then points at the new
+        buffer, which this object keeps instead of the original. Returns the bytes packed (0 if the
+        slot holds an F32/F16 tensor or is already packed)."""
+        cdef rwkvx_tensor *t = self._slot(layer, slot)
+        if t.data == NULL:
+            raise ValueError(f"slot {slot!r} of layer {layer} is not set")
+        if t.layout != RWKVX_LAYOUT_ROWS or not rwkvx_type_is_quantized(t.type):
+            return 0
+        cdef size_t n_bytes = rwkvx_packed_bytes(t.type, t.n_in, t.n_rows)
+        packed = _aligned_empty(n_bytes)
+        cdef unsigned char[::1] pv = packed
+        with nogil:
+            rwkvx_pack_matrix(self.m.pool, t.data, t.type, t.n_in, t.n_rows, &pv[0])
+        t.data = &pv[0]
+        t.layout = RWKVX_LAYOUT_PACKED16
+        self._keep[layer, slot] = packed
+        return n_bytes
+
+    def is_packed(self, int layer, str slot):
+        return self._slot(layer, slot).layout == RWKVX_LAYOUT_PACKED16
 
     def missing_slots(self, int layer):
         """Names of the slots of a layer (-1: global) that were never set."""

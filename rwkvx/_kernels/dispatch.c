@@ -107,6 +107,8 @@ static const rwkvx_kernel_table table_ref = {
     .isa = "scalar",
     .matmul = rwkvx_matmul_ref,
     .matmul_q8 = rwkvx_matmul_q8_ref,
+    .matmul_q8_packed = rwkvx_matmul_q8_packed_ref,
+    .prefers_packed = 0,
     .dequant_row = rwkvx_dequant_row_ref,
 };
 #ifdef RWKVX_HAVE_AVX2
@@ -114,6 +116,8 @@ static const rwkvx_kernel_table table_avx2 = {
     .isa = "avx2",
     .matmul = rwkvx_matmul_avx2,
     .matmul_q8 = rwkvx_matmul_q8_avx2,
+    .matmul_q8_packed = rwkvx_matmul_q8_packed_ref, /* no AVX2 kernel for it: never packed at this level */
+    .prefers_packed = 0,
     .dequant_row = rwkvx_dequant_row_ref, /* one row per token: not worth a variant */
 };
 #endif
@@ -122,6 +126,8 @@ static const rwkvx_kernel_table table_avx512 = {
     .isa = "avx512",
     .matmul = rwkvx_matmul_avx512,
     .matmul_q8 = rwkvx_matmul_q8_avx512,
+    .matmul_q8_packed = rwkvx_matmul_q8_packed_avx512,
+    .prefers_packed = 1,
     .dequant_row = rwkvx_dequant_row_ref,
 };
 #endif
@@ -130,6 +136,8 @@ static const rwkvx_kernel_table table_neon = {
     .isa = "neon",
     .matmul = rwkvx_matmul_neon,
     .matmul_q8 = rwkvx_matmul_q8_neon,
+    .matmul_q8_packed = rwkvx_matmul_q8_packed_ref, /* no NEON kernel for it: never packed at this level */
+    .prefers_packed = 0,
     .dequant_row = rwkvx_dequant_row_ref,
 };
 #endif

@@ -38,8 +38,8 @@ static const float *vec(const rwkvx_layer *L, int slot) { return (const float *)
 static const rwkvx_tensor *mat(const rwkvx_layer *L, int slot) { return &L->t[slot]; }
 
 /* Rows per share boundary: 16 floats of a T=1 output are one cache line, so
- * threads never write the same line. */
-#define RWKVX_ROW_GRAIN 16
+ * threads never write the same line; and a packed matrix splits only between groups. */
+#define RWKVX_ROW_GRAIN RWKVX_PACK_ROWS
 
 typedef struct matmul_job {
     const rwkvx_tensor *w;
@@ -54,11 +54,10 @@ typedef struct matmul_job {
  * every output element is computed exactly as without threads. */
 static void matmul_rows(void *ctx, int64_t begin, int64_t end) {
     const matmul_job *job = ctx;
-    const rwkvx_tensor *w = job->w;
-    const size_t row_bytes = rwkvx_row_bytes(w->type, (size_t)w->n_in);
-    const rwkvx_tensor part = {(const uint8_t *)w->data + (size_t)begin * row_bytes, w->type, w->n_in,
-                               (int32_t)(end - begin)};
-    if (job->xq != NULL)
+    const rwkvx_tensor part = rwkvx_tensor_rows(job->w, begin, end);
+    if (part.layout == RWKVX_LAYOUT_PACKED16)
+        rwkvx_kernels->matmul_q8_packed(&part, job->xq, job->y + begin, job->ldy);
+    else if (job->xq != NULL)
         rwkvx_kernels->matmul_q8(&part, job->xq, job->y + begin, job->ldy);
     else
         rwkvx_kernels->matmul(&part, job->x, job->ldx, job->T, job->y + begin, job->ldy);
@@ -360,7 +359,8 @@ static void time_mix_v6(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
     const rwkvx_tensor *w2 = mat(L, RWKVX_MAA_W2); /* 5 slabs of C rows, D inputs each */
     const size_t slab_bytes = (size_t)C * rwkvx_row_bytes(w2->type, (size_t)D);
     for (int c = 0; c < 5; c++) {
-        rwkvx_tensor slab = {(const uint8_t *)w2->data + c * slab_bytes, w2->type, (int32_t)D, (int32_t)C};
+        rwkvx_tensor slab = {(const uint8_t *)w2->data + c * slab_bytes, w2->type, (int32_t)D, (int32_t)C,
+                             RWKVX_LAYOUT_ROWS};
         float *xc = s->mix[c];
         matmul(m, &slab, s->hidden + c * D, 5 * D, T, xc, C); /* xc = W2[c] h_c */
         const float *maa = vec(L, maa_slots[c]);

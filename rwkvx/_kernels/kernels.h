@@ -69,8 +69,14 @@ void rwkvx_matmul_via_q8(rwkvx_matmul_q8_fn fn, const rwkvx_tensor *w, const flo
 
 typedef struct rwkvx_kernel_table {
     const char *isa;
-    rwkvx_matmul_fn matmul;       /* every type; quantized ones through matmul_q8 */
-    rwkvx_matmul_q8_fn matmul_q8; /* quantized types, activations already quantized */
+    rwkvx_matmul_fn matmul;       /* every type in file layout; quantized ones through matmul_q8 */
+    rwkvx_matmul_q8_fn matmul_q8; /* quantized types in file layout, activations already quantized */
+    /* Quantized types in the packed16 layout (packed.h); every level has one, the
+     * portable reference where the level has no kernel of its own. */
+    rwkvx_matmul_q8_fn matmul_q8_packed;
+    /* 1 if this level's packed product is faster than its file-layout one, so a
+     * model should pack its matrices at load. */
+    int prefers_packed;
     rwkvx_dequant_row_fn dequant_row;
 } rwkvx_kernel_table;
 
@@ -104,6 +110,15 @@ void rwkvx_matmul_q8_ref(const rwkvx_tensor *w, const rwkvx_q8_acts *x, float *y
 void rwkvx_matmul_q8_avx2(const rwkvx_tensor *w, const rwkvx_q8_acts *x, float *y, int64_t ldy);
 void rwkvx_matmul_q8_avx512(const rwkvx_tensor *w, const rwkvx_q8_acts *x, float *y, int64_t ldy);
 void rwkvx_matmul_q8_neon(const rwkvx_tensor *w, const rwkvx_q8_acts *x, float *y, int64_t ldy);
+/* The same products over packed16 matrices (packed.h): the portable oracle, and AVX-512 VNNI. */
+void rwkvx_matmul_q8_packed_ref(const rwkvx_tensor *w, const rwkvx_q8_acts *x, float *y, int64_t ldy);
+void rwkvx_matmul_q8_packed_avx512(const rwkvx_tensor *w, const rwkvx_q8_acts *x, float *y, int64_t ldy);
+/* Rows [begin, end) of w as a tensor of their own (begin a multiple of
+ * RWKVX_PACK_ROWS for a packed w): what one thread's share of a product reads. */
+rwkvx_tensor rwkvx_tensor_rows(const rwkvx_tensor *w, int64_t begin, int64_t end);
+/* Pack a whole matrix (packed.h: rwkvx_pack_groups), its groups split over pool's threads (pool may be NULL). */
+struct rwkvx_pool;
+void rwkvx_pack_matrix(struct rwkvx_pool *pool, const void *src, int type, int64_t n_in, int64_t n_rows, void *dst);
 /* SIMD variants of rwkvx_matmul_ref (same contract; per output element the same
  * operations whatever n_tokens is, so sequence mode stays bit-identical). */
 void rwkvx_matmul_avx2(const rwkvx_tensor *w, const float *x, int64_t ldx,

@@ -17,17 +17,21 @@
 #include <stdint.h>
 
 #include "blocks.h"
+#include "packed.h"
 
 enum rwkvx_arch { RWKVX_ARCH_V4 = 4, RWKVX_ARCH_V5_1 = 51, RWKVX_ARCH_V5_2 = 52, RWKVX_ARCH_V6 = 6, RWKVX_ARCH_V7 = 7 };
 
 /* A weight tensor: n_rows rows of n_in elements, of a weight type from blocks.h.
  * A matrix y = W x maps n_in -> n_rows. Vectors are stored as one row of F32.
- * data may be misaligned (mmap of a packed file); kernels read it with memcpy. */
+ * data may be misaligned (mmap of a packed file); kernels read it with memcpy.
+ * layout: RWKVX_LAYOUT_ROWS (0: the file's rows) or RWKVX_LAYOUT_PACKED16 (a
+ * quantized matrix rewritten for the SIMD kernels, see packed.h). */
 typedef struct rwkvx_tensor {
     const void *data;
     int32_t type;
     int32_t n_in;
     int32_t n_rows;
+    int32_t layout;
 } rwkvx_tensor;
 
 /* Tensors of the whole model: slot, name in the file. */

@@ -188,6 +188,17 @@ class RwkvCppFile:
             return raw.view("<f4").reshape(info.shape)
         return dequantize(raw, info.type.name, info.n_elements).reshape(info.shape)
 
+    def release(self, name: str) -> None:
+        """Hand the pages holding only this tensor back to the OS (a caller that copied it elsewhere).
+
+        They stay in the page cache: a later read of the tensor maps them again, unchanged."""
+        info = self.tensors[name]
+        page = mmap.PAGESIZE
+        begin = -(-info.offset // page) * page  # whole pages inside the tensor only: neighbours stay mapped
+        end = (info.offset + info.nbytes) // page * page
+        if end > begin and hasattr(self._mmap, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            self._mmap.madvise(mmap.MADV_DONTNEED, begin, end - begin)
+
     def close(self) -> None:
         """Drop this object's views; the mapping closes once no array refers to it."""
         self._bytes = None

@@ -1,0 +1,68 @@
+/* Portable product over the packed16 layout (packed.h): the oracle for the SIMD
+ * kernels over that layout, and the fallback of levels that have none.
+ *
+ * It decodes each packed block back into the signed codes of the file and then
+ * runs exactly the reference's arithmetic (matmul_ref.c): the integer block sum,
+ * acc += (float)isum * (d_w * d_x), then acc += m_w * s_x for the _1 types, in
+ * block order. So a packed matrix gives the same floats as its file layout.
+ */
+#include <string.h>
+
+#include "kernels.h"
+#include "packed.h"
+
+/* Row r's signed codes q[32], scale d and minimum m of block column c of a group. */
+static void unpack_block(int type, const uint8_t *group, const rwkvx_packed_regions *regions, int64_t c, int r,
+                         int8_t q[RWKVX_QK], float *d, float *m) {
+    const uint8_t *codes = group + regions->codes + (size_t)c * rwkvx_packed_code_bytes(type);
+    *d = rwkvx_half_to_float(rwkvx_load_half(group + regions->d + ((size_t)c * RWKVX_PACK_ROWS + (size_t)r) * 2));
+    *m = rwkvx_packed_has_min(type)
+             ? rwkvx_half_to_float(rwkvx_load_half(group + regions->m + ((size_t)c * RWKVX_PACK_ROWS + (size_t)r) * 2))
+             : 0.0f;
+    const int offset = rwkvx_type_code_offset(type);
+    if (type == RWKVX_TYPE_Q8_0) {
+        for (int j = 0; j < RWKVX_QK; j++) q[j] = (int8_t)(codes[64 * (j / 4) + 4 * r + j % 4] - offset);
+        return;
+    }
+    uint64_t qh[4][2] = {{0}};
+    if (rwkvx_packed_has_qh(type)) memcpy(qh, group + regions->qh + (size_t)c * sizeof qh, sizeof qh);
+    for (int z = 0; z < 4; z++)
+        for (int i = 0; i < 4; i++) {
+            const uint8_t byte = codes[64 * z + 4 * r + i];
+            const int bit = 4 * r + i;
+            const int lo = (byte & 0x0f) | (int)(((qh[z][0] >> bit) & 1u) << 4);
+            const int hi = (byte >> 4) | (int)(((qh[z][1] >> bit) & 1u) << 4);
+            q[4 * z + i] = (int8_t)(lo - offset);
+            q[16 + 4 * z + i] = (int8_t)(hi - offset);
+        }
+}
+
+void rwkvx_matmul_q8_packed_ref(const rwkvx_tensor *w, const rwkvx_q8_acts *x, float *y, int64_t ldy) {
+    const int64_t nb = w->n_in / RWKVX_QK;
+    const rwkvx_packed_regions regions = rwkvx_packed_layout(w->type, nb);
+    const int has_m = rwkvx_packed_has_min(w->type);
+    for (int64_t o = 0; o < w->n_rows; o++) {
+        const uint8_t *group = (const uint8_t *)w->data + (size_t)(o / RWKVX_PACK_ROWS) * regions.group;
+        const int r = (int)(o % RWKVX_PACK_ROWS);
+        for (int64_t t = 0; t < x->n_tokens; t++) {
+            const int8_t *qx = x->qs + t * x->stride_blocks * RWKVX_QK;
+            const float *dx = x->dv + t * x->stride_blocks * 8;
+            const int32_t *aux = x->aux + t * x->stride_blocks * 8;
+            float acc = 0.0f;
+            for (int64_t b = 0; b < nb; b++) {
+                int8_t q[RWKVX_QK];
+                float dw, mw;
+                unpack_block(w->type, group, &regions, b, r, q, &dw, &mw);
+                int32_t isum = 0;
+                for (int j = 0; j < RWKVX_QK; j++) isum += (int32_t)q[j] * qx[b * RWKVX_QK + j];
+                acc += (float)isum * (dw * dx[b * 8]);
+                if (has_m) {
+                    float s;
+                    memcpy(&s, &aux[b * 8], sizeof s);
+                    acc += mw * s;
+                }
+            }
+            y[t * ldy + o] = acc;
+        }
+    }
+}

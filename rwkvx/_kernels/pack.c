@@ -1,0 +1,118 @@
+/* Rewrites a quantized matrix from file layout into packed16 (packed.h).
+ *
+ * Portable and bytewise: the packed codes and scales are the file's own bytes
+ * moved (Q8_0 codes also made unsigned), so every kernel over the packed
+ * layout sees exactly the integers and scales of the file.
+ */
+#include <string.h>
+
+#include "kernels.h"
+#include "packed.h"
+#include "pool.h"
+
+size_t rwkvx_packed_bytes(int type, int64_t n_in, int64_t n_rows) {
+    const int64_t groups = (n_rows + RWKVX_PACK_ROWS - 1) / RWKVX_PACK_ROWS;
+    return (size_t)groups * rwkvx_packed_layout(type, n_in / RWKVX_QK).group;
+}
+
+/* Byte offsets of a block's fields in the file layout (blocks.h). */
+typedef struct block_fields {
+    size_t d, m, qh, qs;
+} block_fields;
+
+static block_fields fields_of(int type) {
+    switch (type) {
+    case RWKVX_TYPE_Q4_1: return (block_fields){0, 2, 0, 4};
+    case RWKVX_TYPE_Q5_0: return (block_fields){0, 0, 2, 6};
+    case RWKVX_TYPE_Q5_1: return (block_fields){0, 2, 4, 8};
+    default: return (block_fields){0, 0, 0, 2}; /* Q4_0, Q8_0 */
+    }
+}
+
+/* Column c of one group: block c of each of the group's rows (NULL: a padding row). */
+static void pack_column(int type, const uint8_t *const blocks[RWKVX_PACK_ROWS], const rwkvx_packed_regions *regions,
+                        int64_t c, uint8_t *group) {
+    const block_fields f = fields_of(type);
+    const size_t code_bytes = rwkvx_packed_code_bytes(type);
+    uint8_t *codes = group + regions->codes + (size_t)c * code_bytes;
+    uint8_t *d = group + regions->d + (size_t)c * RWKVX_PACK_ROWS * 2;
+    uint8_t *m = group + regions->m + (size_t)c * RWKVX_PACK_ROWS * 2;
+    uint64_t qh[4][2] = {{0}};
+    memset(codes, 0, code_bytes);
+    for (int r = 0; r < RWKVX_PACK_ROWS; r++) {
+        const uint8_t *b = blocks[r];
+        if (b == NULL) {
+            memset(d + 2 * r, 0, 2); /* scale 0: the row's sums come out 0 */
+            if (rwkvx_packed_has_min(type)) memset(m + 2 * r, 0, 2);
+            continue;
+        }
+        memcpy(d + 2 * r, b + f.d, 2);
+        if (rwkvx_packed_has_min(type)) memcpy(m + 2 * r, b + f.m, 2);
+        if (type == RWKVX_TYPE_Q8_0) {
+            for (int s = 0; s < 8; s++) { /* 4 codes at a time, sign bits flipped: q + 128 */
+                uint32_t four;
+                memcpy(&four, b + f.qs + 4 * s, 4);
+                four ^= 0x80808080u;
+                memcpy(codes + 64 * s + 4 * r, &four, 4);
+            }
+            continue;
+        }
+        for (int z = 0; z < 4; z++) memcpy(codes + 64 * z + 4 * r, b + f.qs + 4 * z, 4);
+        if (rwkvx_packed_has_qh(type)) {
+            const uint32_t h = rwkvx_load_qh(b + f.qh);
+            for (int z = 0; z < 4; z++) { /* bits 4z..4z+3 (and 16 more) move to 4r..4r+3 as a nibble */
+                qh[z][0] |= (uint64_t)((h >> (4 * z)) & 0xfu) << (4 * r);
+                qh[z][1] |= (uint64_t)((h >> (16 + 4 * z)) & 0xfu) << (4 * r);
+            }
+        }
+    }
+    if (rwkvx_packed_has_qh(type))
+        memcpy(group + regions->qh + (size_t)c * sizeof qh, qh, sizeof qh);
+}
+
+void rwkvx_pack_groups(const void *src, int type, int64_t n_in, int64_t n_rows, void *dst, int64_t group_begin,
+                       int64_t group_end) {
+    const int64_t n_blocks = n_in / RWKVX_QK;
+    const rwkvx_packed_regions regions = rwkvx_packed_layout(type, n_blocks);
+    const size_t row_bytes = rwkvx_row_bytes(type, (size_t)n_in), block_bytes = rwkvx_row_bytes(type, RWKVX_QK);
+    for (int64_t g = group_begin; g < group_end; g++) {
+        uint8_t *group = (uint8_t *)dst + (size_t)g * regions.group;
+        for (int64_t c = 0; c < n_blocks; c++) {
+            const uint8_t *blocks[RWKVX_PACK_ROWS];
+            for (int r = 0; r < RWKVX_PACK_ROWS; r++) {
+                const int64_t row = g * RWKVX_PACK_ROWS + r;
+                blocks[r] = row < n_rows ? (const uint8_t *)src + (size_t)row * row_bytes + (size_t)c * block_bytes
+                                         : NULL;
+            }
+            pack_column(type, blocks, &regions, c, group);
+        }
+    }
+}
+
+rwkvx_tensor rwkvx_tensor_rows(const rwkvx_tensor *w, int64_t begin, int64_t end) {
+    rwkvx_tensor part = *w;
+    part.n_rows = (int32_t)(end - begin);
+    if (w->layout == RWKVX_LAYOUT_PACKED16)
+        part.data = (const uint8_t *)w->data +
+                    (size_t)(begin / RWKVX_PACK_ROWS) * rwkvx_packed_layout(w->type, w->n_in / RWKVX_QK).group;
+    else
+        part.data = (const uint8_t *)w->data + (size_t)begin * rwkvx_row_bytes(w->type, (size_t)w->n_in);
+    return part;
+}
+
+typedef struct pack_job {
+    const void *src;
+    int type;
+    int64_t n_in, n_rows;
+    void *dst;
+} pack_job;
+
+static void pack_task(void *ctx, int64_t group_begin, int64_t group_end) {
+    const pack_job *job = ctx;
+    rwkvx_pack_groups(job->src, job->type, job->n_in, job->n_rows, job->dst, group_begin, group_end);
+}
+
+void rwkvx_pack_matrix(struct rwkvx_pool *pool, const void *src, int type, int64_t n_in, int64_t n_rows, void *dst) {
+    pack_job job = {src, type, n_in, n_rows, dst};
+    rwkvx_pool_run(pool, pack_task, &job, (n_rows + RWKVX_PACK_ROWS - 1) / RWKVX_PACK_ROWS, 1);
+}
