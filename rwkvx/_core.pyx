@@ -336,19 +336,29 @@ cdef class CoreModel:
             raise KeyError(f"no layer slot {slot!r}")
         return &self.m.layers[layer].t[<int>_LAYER_INDEX[slot]]
 
-    def pack(self, int layer, str slot):
-        """Rewrite a quantized matrix slot into the packed16 layout (rwkvx/_kernels/packed.h) that the
-        active kernels read faster, split over this model's threads. The slot then points at the new
-        buffer, which this object keeps instead of the original. Returns the bytes packed (0 if the
-        slot holds an F32/F16 tensor or is already packed)."""
+    def packed_size(self, int layer, str slot):
+        """Bytes the slot's matrix takes in the packed16 layout; 0 if it is F32/F16 or already packed."""
         cdef rwkvx_tensor *t = self._slot(layer, slot)
         if t.data == NULL:
             raise ValueError(f"slot {slot!r} of layer {layer} is not set")
         if t.layout != RWKVX_LAYOUT_ROWS or not rwkvx_type_is_quantized(t.type):
             return 0
-        cdef size_t n_bytes = rwkvx_packed_bytes(t.type, t.n_in, t.n_rows)
-        packed = _aligned_empty(n_bytes)
+        return rwkvx_packed_bytes(t.type, t.n_in, t.n_rows)
+
+    def pack(self, int layer, str slot, out=None):
+        """Rewrite a quantized matrix slot into the packed16 layout (rwkvx/_kernels/packed.h) that the
+        active kernels read faster, split over this model's threads. out: a writable uint8 buffer of
+        packed_size() bytes starting on a 64-byte boundary (None: a new one). The slot then points at it,
+        and this object keeps it instead of the original. Returns the bytes packed (0 if the slot holds
+        an F32/F16 tensor or is already packed)."""
+        cdef size_t n_bytes = self.packed_size(layer, slot)
+        if n_bytes == 0:
+            return 0
+        cdef rwkvx_tensor *t = self._slot(layer, slot)
+        packed = _aligned_empty(n_bytes) if out is None else out
         cdef unsigned char[::1] pv = packed
+        if <size_t>pv.shape[0] != n_bytes or (<size_t>&pv[0]) % 64 != 0:
+            raise ValueError(f"out must be {n_bytes} bytes on a 64-byte boundary")
         with nogil:
             rwkvx_pack_matrix(self.m.pool, t.data, t.type, t.n_in, t.n_rows, &pv[0])
         t.data = &pv[0]

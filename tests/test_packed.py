@@ -223,6 +223,12 @@ def test_packing_is_the_default_exactly_where_the_level_has_a_kernel_for_it():
     assert unpacked.packed_bytes == 0
 
 
-def test_float_models_are_not_packed():
-    model = rwkvx.load(os.path.join(TINY, "tiny-rwkv-7v0-834K-FP16.bin"), pack=True)
-    assert model.packed_bytes == 0
+@pytest.mark.parametrize("name", ["tiny-rwkv-7v0-834K-FP16.bin", "tiny-rwkv-6v0-1m-FP32.bin"])
+def test_float_models_are_moved_unchanged(name):
+    """pack=True copies F32/F16 matrices into the kernels' memory as they are: identical logits."""
+    path = os.path.join(TINY, name)
+    moved, mapped = rwkvx.load(path, pack=True), rwkvx.load(path, pack=False)
+    assert moved.packed_bytes > 0 and mapped.packed_bytes == 0
+    assert not any(moved._core.is_packed(i, "att.key.weight") for i in range(moved.n_layer))
+    assert_identical(moved.forward(TOKENS, moved.new_state(), logits="all")[0],
+                     mapped.forward(TOKENS, mapped.new_state(), logits="all")[0], name)

@@ -110,6 +110,7 @@ static const rwkvx_kernel_table table_ref = {
     .matmul_q8_packed = rwkvx_matmul_q8_packed_ref,
     .prefers_packed = 0,
     .dequant_row = rwkvx_dequant_row_ref,
+    .wkv7_heads = rwkvx_wkv7_heads_ref,
 };
 #ifdef RWKVX_HAVE_AVX2
 static const rwkvx_kernel_table table_avx2 = {
@@ -119,6 +120,7 @@ static const rwkvx_kernel_table table_avx2 = {
     .matmul_q8_packed = rwkvx_matmul_q8_packed_ref, /* no AVX2 kernel for it: never packed at this level */
     .prefers_packed = 0,
     .dequant_row = rwkvx_dequant_row_ref, /* one row per token: not worth a variant */
+    .wkv7_heads = rwkvx_wkv7_heads_avx2,
 };
 #endif
 #ifdef RWKVX_HAVE_AVX512
@@ -129,6 +131,7 @@ static const rwkvx_kernel_table table_avx512 = {
     .matmul_q8_packed = rwkvx_matmul_q8_packed_avx512,
     .prefers_packed = 1,
     .dequant_row = rwkvx_dequant_row_ref,
+    .wkv7_heads = rwkvx_wkv7_heads_avx512,
 };
 #endif
 #ifdef RWKVX_HAVE_NEON
@@ -139,6 +142,7 @@ static const rwkvx_kernel_table table_neon = {
     .matmul_q8_packed = rwkvx_matmul_q8_packed_ref, /* no NEON kernel for it: never packed at this level */
     .prefers_packed = 0,
     .dequant_row = rwkvx_dequant_row_ref,
+    .wkv7_heads = rwkvx_wkv7_heads_ref,
 };
 #endif
 

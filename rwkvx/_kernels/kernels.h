@@ -67,6 +67,10 @@ typedef void (*rwkvx_matmul_q8_fn)(const rwkvx_tensor *w, const rwkvx_q8_acts *x
 void rwkvx_matmul_via_q8(rwkvx_matmul_q8_fn fn, const rwkvx_tensor *w, const float *x, int64_t ldx,
                          int64_t n_tokens, float *y, int64_t ldy);
 
+typedef void (*rwkvx_wkv7_heads_fn)(int64_t n_tokens, int64_t n_head, int64_t head_size, int64_t h_begin,
+                                    int64_t h_end, const float *r, const float *w, const float *k, const float *v,
+                                    const float *a, const float *b, float *state, float *y);
+
 typedef struct rwkvx_kernel_table {
     const char *isa;
     rwkvx_matmul_fn matmul;       /* every type in file layout; quantized ones through matmul_q8 */
@@ -78,6 +82,7 @@ typedef struct rwkvx_kernel_table {
      * model should pack its matrices at load. */
     int prefers_packed;
     rwkvx_dequant_row_fn dequant_row;
+    rwkvx_wkv7_heads_fn wkv7_heads;
 } rwkvx_kernel_table;
 
 /* The active table; selected once at import (see dispatch.c). */
@@ -151,9 +156,16 @@ void rwkvx_wkv7_ref(int64_t n_tokens, int64_t n_head, int64_t head_size,
                     const float *r, const float *w, const float *k, const float *v,
                     const float *a, const float *b, float *state, float *y);
 /* The same for heads [h_begin, h_end) only (arrays still hold all n_head heads):
- * heads are independent, so threads may each take a range. */
-void rwkvx_wkv7_heads(int64_t n_tokens, int64_t n_head, int64_t head_size, int64_t h_begin, int64_t h_end,
-                      const float *r, const float *w, const float *k, const float *v,
-                      const float *a, const float *b, float *state, float *y);
+ * heads are independent, so threads may each take a range. One per level, all
+ * giving the same floats (wkv7_body.h); reached through rwkvx_kernels->wkv7_heads. */
+void rwkvx_wkv7_heads_ref(int64_t n_tokens, int64_t n_head, int64_t head_size, int64_t h_begin, int64_t h_end,
+                          const float *r, const float *w, const float *k, const float *v,
+                          const float *a, const float *b, float *state, float *y);
+void rwkvx_wkv7_heads_avx2(int64_t n_tokens, int64_t n_head, int64_t head_size, int64_t h_begin, int64_t h_end,
+                           const float *r, const float *w, const float *k, const float *v,
+                           const float *a, const float *b, float *state, float *y);
+void rwkvx_wkv7_heads_avx512(int64_t n_tokens, int64_t n_head, int64_t head_size, int64_t h_begin, int64_t h_end,
+                             const float *r, const float *w, const float *k, const float *v,
+                             const float *a, const float *b, float *state, float *y);
 
 #endif /* RWKVX_KERNELS_H */

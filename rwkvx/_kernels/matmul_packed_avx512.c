@@ -45,15 +45,15 @@ FORCE_INLINE float load_f32(const void *p) {
 FORCE_INLINE void group_tile(int type, const uint8_t *group, const rwkvx_packed_regions *regions, int64_t n_blocks,
                              const rwkvx_q8_acts *x, int64_t t0, int nt, float *y, int64_t ldy, __mmask16 rows) {
     const int has_m = rwkvx_packed_has_min(type), has_qh = rwkvx_packed_has_qh(type);
-    const size_t code_bytes = rwkvx_packed_code_bytes(type);
     const __m512i low4 = _mm512_set1_epi8(0x0f), bit5 = _mm512_set1_epi8(0x10);
     const int64_t stride = x->stride_blocks;
     __m512 acc[P_TOKEN_TILE];
     for (int t = 0; t < nt; t++) acc[t] = _mm512_setzero_ps();
     for (int64_t c = 0; c < n_blocks; c++) {
-        const uint8_t *codes = group + regions->codes + (size_t)c * code_bytes;
-        for (size_t line = 0; line < code_bytes; line += 64) /* the hardware prefetcher alone falls behind */
-            _mm_prefetch((const char *)(codes + P_PREFETCH_BYTES + line), _MM_HINT_T0);
+        const uint8_t *column = group + (size_t)c * regions->column, *codes = column + regions->codes;
+        /* the matrix is one stream (next columns, then next groups): the hardware prefetcher alone falls behind */
+        for (size_t line = 0; line < regions->column; line += 64)
+            _mm_prefetch((const char *)(column + P_PREFETCH_BYTES + line), _MM_HINT_T0);
         /* two independent chains per token: half the latency of one long chain */
         __m512i sum_a[P_TOKEN_TILE], sum_b[P_TOKEN_TILE];
         for (int t = 0; t < nt; t++) {
@@ -78,7 +78,7 @@ FORCE_INLINE void group_tile(int type, const uint8_t *group, const rwkvx_packed_
                 __m512i lo = _mm512_and_si512(v, low4);
                 __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
                 if (has_qh) {
-                    const uint8_t *qh = group + regions->qh + ((size_t)c * 4 + (size_t)z) * 16;
+                    const uint8_t *qh = column + regions->qh + (size_t)z * 16;
                     uint64_t mask_lo, mask_hi;
                     memcpy(&mask_lo, qh, 8);
                     memcpy(&mask_hi, qh + 8, 8);
@@ -92,8 +92,8 @@ FORCE_INLINE void group_tile(int type, const uint8_t *group, const rwkvx_packed_
                 }
             }
         }
-        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(group + regions->d + (size_t)c * 32)));
-        const __m512 mw = has_m ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(group + regions->m + (size_t)c * 32)))
+        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(column + regions->d)));
+        const __m512 mw = has_m ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(column + regions->m)))
                                 : _mm512_setzero_ps();
         for (int t = 0; t < nt; t++) {
             const int64_t i = (t0 + t) * stride + c;

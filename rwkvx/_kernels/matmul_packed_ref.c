@@ -14,18 +14,16 @@
 /* Row r's signed codes q[32], scale d and minimum m of block column c of a group. */
 static void unpack_block(int type, const uint8_t *group, const rwkvx_packed_regions *regions, int64_t c, int r,
                          int8_t q[RWKVX_QK], float *d, float *m) {
-    const uint8_t *codes = group + regions->codes + (size_t)c * rwkvx_packed_code_bytes(type);
-    *d = rwkvx_half_to_float(rwkvx_load_half(group + regions->d + ((size_t)c * RWKVX_PACK_ROWS + (size_t)r) * 2));
-    *m = rwkvx_packed_has_min(type)
-             ? rwkvx_half_to_float(rwkvx_load_half(group + regions->m + ((size_t)c * RWKVX_PACK_ROWS + (size_t)r) * 2))
-             : 0.0f;
+    const uint8_t *column = group + (size_t)c * regions->column, *codes = column + regions->codes;
+    *d = rwkvx_half_to_float(rwkvx_load_half(column + regions->d + 2 * (size_t)r));
+    *m = rwkvx_packed_has_min(type) ? rwkvx_half_to_float(rwkvx_load_half(column + regions->m + 2 * (size_t)r)) : 0.0f;
     const int offset = rwkvx_type_code_offset(type);
     if (type == RWKVX_TYPE_Q8_0) {
         for (int j = 0; j < RWKVX_QK; j++) q[j] = (int8_t)(codes[64 * (j / 4) + 4 * r + j % 4] - offset);
         return;
     }
     uint64_t qh[4][2] = {{0}};
-    if (rwkvx_packed_has_qh(type)) memcpy(qh, group + regions->qh + (size_t)c * sizeof qh, sizeof qh);
+    if (rwkvx_packed_has_qh(type)) memcpy(qh, column + regions->qh, sizeof qh);
     for (int z = 0; z < 4; z++)
         for (int i = 0; i < 4; i++) {
             const uint8_t byte = codes[64 * z + 4 * r + i];

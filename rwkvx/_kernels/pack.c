@@ -40,9 +40,8 @@ static void pack_column(int type, const uint8_t *const blocks[RWKVX_PACK_ROWS], 
                         int64_t c, uint8_t *group) {
     const block_fields f = fields_of(type);
     const size_t code_bytes = rwkvx_packed_code_bytes(type);
-    uint8_t *codes = group + regions->codes + (size_t)c * code_bytes;
-    uint8_t *d = group + regions->d + (size_t)c * RWKVX_PACK_ROWS * 2;
-    uint8_t *m = group + regions->m + (size_t)c * RWKVX_PACK_ROWS * 2;
+    uint8_t *column = group + (size_t)c * regions->column;
+    uint8_t *codes = column + regions->codes, *d = column + regions->d, *m = column + regions->m;
     uint64_t qh[4][2] = {{0}};
     memset(codes, 0, code_bytes);
     for (int r = 0; r < RWKVX_PACK_ROWS; r++) {
@@ -73,7 +72,7 @@ static void pack_column(int type, const uint8_t *const blocks[RWKVX_PACK_ROWS], 
         }
     }
     if (rwkvx_packed_has_qh(type))
-        memcpy(group + regions->qh + (size_t)c * sizeof qh, qh, sizeof qh);
+        memcpy(column + regions->qh, qh, sizeof qh);
 }
 
 void rwkvx_pack_groups(const void *src, int type, int64_t n_in, int64_t n_rows, void *dst, int64_t group_begin,

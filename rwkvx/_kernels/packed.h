@@ -9,13 +9,17 @@
  * vpdpbusd advances 16 rows by 4 weights, sixteen scales arrive with one
  * load, and no reduction across lanes is ever needed.
  *
- * Layout, per group of 16 rows (the last group padded with all-zero rows), for
- * n_blocks = n_in / 32 block columns; regions back to back, in this order:
+ * Layout: groups of 16 rows (the last one padded with all-zero rows) back to
+ * back; a group is its n_blocks = n_in / 32 block columns back to back; a
+ * column holds block c of each of the 16 rows as these fields, in this order:
  *
- *   codes  [n_blocks][CODE_BYTES]  see below
- *   d      [n_blocks][16] fp16     block scale of row r at [c][r]
- *   m      [n_blocks][16] fp16     block minimum (Q4_1, Q5_1 only)
- *   qh     [n_blocks][4][2] u64    fifth bits (Q5_0, Q5_1 only), see below
+ *   d      [16] fp16     block scale of row r at [r]
+ *   m      [16] fp16     block minimum (Q4_1, Q5_1 only)
+ *   qh     [4][2] u64    fifth bits (Q5_0, Q5_1 only), see below
+ *   codes  [CODE_BYTES]  see below
+ *
+ * So a whole matrix is read as one sequential stream, which the prefetchers
+ * follow across column and group boundaries alike.
  *
  * Codes are unsigned (the _0 types' signed codes plus their offset: 8, 16,
  * 128; the integer product corrects for it, see rwkvx_q8_acts.aux). Within a
@@ -25,8 +29,8 @@
  *   4/5-bit (CODE_BYTES 256): vector z (0..3) holds the file's qs bytes
  *     4z..4z+3 of each row unchanged: their low nibbles are weights 4z..4z+3,
  *     their high nibbles weights 16+4z..16+4z+3.
- *   qh[c][z][0] bit 4r+i is row r's fifth bit of weight 4z+i (the low
- *   nibbles of vector z), qh[c][z][1] bit 4r+i that of weight 16+4z+i.
+ *   qh[z][0] bit 4r+i is row r's fifth bit of weight 4z+i (the low
+ *   nibbles of vector z), qh[z][1] bit 4r+i that of weight 16+4z+i.
  *
  * A group takes exactly 16 rows' worth of file bytes, so a packed matrix is as
  * large as the file's (plus the padding rows of a last partial group).
@@ -44,9 +48,9 @@
 /* How a tensor's data is laid out (rwkvx_tensor.layout). */
 enum rwkvx_layout { RWKVX_LAYOUT_ROWS = 0, RWKVX_LAYOUT_PACKED16 = 1 };
 
-/* Byte offsets of the regions inside one group, and the group's size. */
+/* Byte offsets of the fields inside one block column, the column's size, and the group's. */
 typedef struct rwkvx_packed_regions {
-    size_t codes, d, m, qh, group;
+    size_t d, m, qh, codes, column, group;
 } rwkvx_packed_regions;
 
 static inline int rwkvx_packed_has_min(int type) { return type == RWKVX_TYPE_Q4_1 || type == RWKVX_TYPE_Q5_1; }
@@ -54,13 +58,14 @@ static inline int rwkvx_packed_has_qh(int type) { return type == RWKVX_TYPE_Q5_0
 static inline size_t rwkvx_packed_code_bytes(int type) { return type == RWKVX_TYPE_Q8_0 ? 512 : 256; }
 
 static inline rwkvx_packed_regions rwkvx_packed_layout(int type, int64_t n_blocks) {
-    const size_t nb = (size_t)n_blocks, scales = nb * RWKVX_PACK_ROWS * sizeof(rwkvx_half);
+    const size_t scales = RWKVX_PACK_ROWS * sizeof(rwkvx_half);
     rwkvx_packed_regions r;
-    r.codes = 0;
-    r.d = nb * rwkvx_packed_code_bytes(type);
-    r.m = r.d + scales;
+    r.d = 0;
+    r.m = scales;
     r.qh = r.m + (rwkvx_packed_has_min(type) ? scales : 0);
-    r.group = r.qh + (rwkvx_packed_has_qh(type) ? nb * 4 * 2 * sizeof(uint64_t) : 0);
+    r.codes = r.qh + (rwkvx_packed_has_qh(type) ? 4 * 2 * sizeof(uint64_t) : 0);
+    r.column = r.codes + rwkvx_packed_code_bytes(type);
+    r.group = (size_t)n_blocks * r.column;
     return r;
 }
 

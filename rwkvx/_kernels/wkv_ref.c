@@ -3,6 +3,7 @@
 #include <math.h>
 
 #include "kernels.h"
+#include "wkv7_body.h"
 
 /* v4: per channel, a numerically stable ratio of decayed sums (aa / bb),
  * with pp the running exponent so that nothing overflows. */
@@ -54,42 +55,14 @@ void rwkvx_wkv5_ref(int64_t n_tokens, int64_t n_head, int64_t S,
     }
 }
 
-/* sum_j x[j] y[j] as eight interleaved partial sums combined in a fixed tree:
- * the same order on every call (so results never depend on T or threads), and
- * independent chains the compiler turns into vector operations; one running
- * sum would make the v7 recurrence a chain of dependent additions. */
-static inline float dot_lanes(const float *x, const float *y, int64_t n) {
-    float acc[8] = {0};
-    int64_t j = 0;
-    for (; j + 8 <= n; j += 8)
-        for (int l = 0; l < 8; l++) acc[l] += x[j + l] * y[j + l];
-    for (int l = 0; j < n; j++, l++) acc[l] += x[j] * y[j];
-    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-}
-
-/* v7: per head a matrix state M[i=value][j=key] with a rank-one update driven by a, b:
- *   sa[i] = sum_j a[j] M[i][j];  M[i][j] = M[i][j] w[j] + v[i] k[j] + sa[i] b[j];  y[i] = sum_j M[i][j] r[j] */
-void rwkvx_wkv7_heads(int64_t n_tokens, int64_t n_head, int64_t S, int64_t h_begin, int64_t h_end,
-                      const float *r, const float *w, const float *k, const float *v,
-                      const float *a, const float *b, float *state, float *y) {
-    const int64_t C = n_head * S;
-    for (int64_t t = 0; t < n_tokens; t++) {
-        const int64_t base = t * C;
-        for (int64_t h = h_begin; h < h_end; h++) {
-            float *M = state + h * S * S;
-            const int64_t o = base + h * S;
-            for (int64_t i = 0; i < S; i++) {
-                float *Mi = M + i * S;
-                const float sa = dot_lanes(a + o, Mi, S);
-                for (int64_t j = 0; j < S; j++) Mi[j] = Mi[j] * w[o + j] + v[o + i] * k[o + j] + sa * b[o + j];
-                y[o + i] = dot_lanes(Mi, r + o, S);
-            }
-        }
-    }
+void rwkvx_wkv7_heads_ref(int64_t n_tokens, int64_t n_head, int64_t S, int64_t h_begin, int64_t h_end,
+                          const float *r, const float *w, const float *k, const float *v, const float *a,
+                          const float *b, float *state, float *y) {
+    wkv7_heads(n_tokens, n_head, S, h_begin, h_end, r, w, k, v, a, b, state, y);
 }
 
 void rwkvx_wkv7_ref(int64_t n_tokens, int64_t n_head, int64_t S,
                     const float *r, const float *w, const float *k, const float *v,
                     const float *a, const float *b, float *state, float *y) {
-    rwkvx_wkv7_heads(n_tokens, n_head, S, 0, n_head, r, w, k, v, a, b, state, y);
+    wkv7_heads(n_tokens, n_head, S, 0, n_head, r, w, k, v, a, b, state, y);
 }

@@ -188,14 +188,14 @@ class RwkvCppFile:
             return raw.view("<f4").reshape(info.shape)
         return dequantize(raw, info.type.name, info.n_elements).reshape(info.shape)
 
-    def release(self, name: str) -> None:
-        """Hand the pages holding only this tensor back to the OS (a caller that copied it elsewhere).
-
-        They stay in the page cache: a later read of the tensor maps them again, unchanged."""
+    def release(self, name: str, begin: int = 0, end: int | None = None) -> None:
+        """Hand the pages holding only bytes [begin, end) of this tensor back to the OS (a caller that
+        copied them elsewhere). They stay in the page cache: a later read maps them again, unchanged."""
         info = self.tensors[name]
+        end = info.nbytes if end is None else min(end, info.nbytes)
         page = mmap.PAGESIZE
-        begin = -(-info.offset // page) * page  # whole pages inside the tensor only: neighbours stay mapped
-        end = (info.offset + info.nbytes) // page * page
+        begin = -(-(info.offset + begin) // page) * page  # whole pages inside the range only
+        end = (info.offset + end) // page * page
         if end > begin and hasattr(self._mmap, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
             self._mmap.madvise(mmap.MADV_DONTNEED, begin, end - begin)
 
