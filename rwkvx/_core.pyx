@@ -86,6 +86,9 @@ cdef extern from "kernels.h" nogil:
         rwkvx_matmul_fn matmul
         rwkvx_matmul_q8_fn matmul_q8_packed
         int prefers_packed
+        void (*wkv7_heads)(int64_t n_tokens, int64_t n_head, int64_t head_size, int64_t h_begin, int64_t h_end,
+                           const float *r, const float *w, const float *k, const float *v, const float *a,
+                           const float *b, float *state, float *y) nogil
     const rwkvx_kernel_table *rwkvx_kernels
     enum: RWKVX_ISA_OK
     enum: RWKVX_ISA_UNKNOWN
@@ -239,6 +242,29 @@ def matmul_packed_with(str isa, int type_id, packed, int n_in, int n_rows, const
     with nogil:
         rwkvx_matmul_via_q8(table.matmul_q8_packed, &w, &x[0, 0], n_in, T, &ov[0, 0], n_rows)
     return out
+
+
+def wkv7_with(str isa, const float[:, ::1] r, const float[:, ::1] w, const float[:, ::1] k,
+              const float[:, ::1] v, const float[:, ::1] a, const float[:, ::1] b, float[:, :, ::1] state):
+    """The v7 recurrence with one level's kernel (for tests): r, w, k, v, a, b float32 [T, H*S], state
+    float32 [H, S, S] updated in place. Returns y float32 [T, H*S]."""
+    cdef const rwkvx_kernel_table *table = rwkvx_kernel_table_for(isa.encode())
+    if table == NULL:
+        raise BackendError(f"kernel level {isa!r} is not usable here (usable: {', '.join(supported_isas())})")
+    cdef int64_t T = r.shape[0], H = state.shape[0], S = state.shape[1]
+    if T == 0 or state.shape[2] != S or r.shape[1] != H * S:
+        raise ValueError("state must be [H, S, S] and r [T, H*S] with T > 0")
+    for name, rows, cols in (("w", w.shape[0], w.shape[1]), ("k", k.shape[0], k.shape[1]),
+                             ("v", v.shape[0], v.shape[1]), ("a", a.shape[0], a.shape[1]),
+                             ("b", b.shape[0], b.shape[1])):
+        if rows != T or cols != H * S:
+            raise ValueError(f"{name} must be float32 [{T}, {H * S}]")
+    y = np.empty((T, H * S), dtype=np.float32)
+    cdef float[:, ::1] yv = y
+    with nogil:
+        table.wkv7_heads(T, H, S, 0, H, &r[0, 0], &w[0, 0], &k[0, 0], &v[0, 0], &a[0, 0], &b[0, 0],
+                         &state[0, 0, 0], &yv[0, 0])
+    return y
 
 
 cdef _check_matrix(int type_id, size_t n_bytes, int n_in, int n_rows):
