@@ -1,16 +1,14 @@
 /* Persistent worker pool (see pool.h). POSIX threads and C11 atomics.
  *
  * A run is published by bumping `generation` (release) after the job fields
- * are written. The items, in units of `grain`, are claimed in contiguous
- * chunks from an atomic counter, each chunk a fixed fraction of what is left
- * (guided scheduling): the first chunks are long streams of rows, the last
- * ones a unit or two, so threads that started late (a worker waking up) or
- * were preempted are covered by the others and all finish within about one
- * unit of each other. The counter is reset (release) before a run is published
- * and claimed with acquire, so whoever claims a chunk sees that run's job
- * fields. Each finished chunk adds its units to `units_done` (release); the
- * caller waits for all of them (acquire), after which every output written is
- * visible to it.
+ * are written. The items are cut into CHUNKS_PER_THREAD contiguous chunks per
+ * thread, claimed in order from an atomic counter: on a machine where another
+ * process preempts a worker, the other threads take over its chunks instead
+ * of waiting for it, and a worker that wakes late finds nothing left and is
+ * not waited for. The counter is reset (release) before a run is published and
+ * claimed with acquire, so whoever claims a chunk sees that run's job fields.
+ * Each finished chunk increments `chunks_done` (release); the caller waits for
+ * all of them (acquire), after which every output written is visible to it.
  */
 #include "pool.h"
 
@@ -22,10 +20,9 @@
 /* Iterations a worker spins for the next run before sleeping: long enough to
  * cover the gap between the matrix products of one token (elementwise work). */
 #define SPIN_LIMIT 20000
-/* A chunk takes 1 / (GUIDED_SHARE * n_threads) of the units left: the first
- * chunks stay long contiguous streams, and what is left when one ends is
- * always enough for the other threads to finish together. */
-#define GUIDED_SHARE 2
+/* Chunks per thread: enough to rebalance around a preempted thread, few enough
+ * that each chunk is still a long contiguous stream of rows. */
+#define CHUNKS_PER_THREAD 4
 
 typedef struct worker {
     rwkvx_pool *pool;
@@ -40,13 +37,14 @@ struct rwkvx_pool {
     pthread_mutex_t sleep_lock;
     pthread_cond_t wake;
     atomic_uint_fast64_t generation;
-    atomic_int_fast64_t units_done;
+    atomic_int chunks_done;
     atomic_int stop;
-    /* the current run, valid while units are left */
+    /* the current run, valid while chunks are left */
     rwkvx_task_fn fn;
     void *ctx;
-    int64_t n_items, grain, n_units;
-    atomic_int_fast64_t next_unit;
+    int64_t n_items, grain;
+    int32_t n_chunks;
+    atomic_int next_chunk;
 };
 
 static inline void cpu_relax(void) {
@@ -57,27 +55,24 @@ static inline void cpu_relax(void) {
 #endif
 }
 
+/* Chunk i of n_chunks of [0, n) with boundaries rounded to multiples of grain. */
+static void chunk_bounds(int64_t n, int64_t grain, int32_t i, int32_t n_chunks, int64_t *begin, int64_t *end) {
+    const int64_t units = (n + grain - 1) / grain;
+    int64_t b = units * i / n_chunks * grain, e = units * (i + 1) / n_chunks * grain;
+    *begin = b < n ? b : n;
+    *end = e < n ? e : n;
+}
+
 /* Claim and run chunks until none is left. */
 static void run_chunks(rwkvx_pool *p) {
-    /* a worker may arrive after the run ended: next_unit is then at n_units */
-    int64_t first = atomic_load_explicit(&p->next_unit, memory_order_acquire);
+    /* a worker may arrive after the run ended: next_chunk is then past n_chunks */
     for (;;) {
-        int64_t size;
-        do {
-            if (first >= p->n_units) return;
-            size = (p->n_units - first) / (GUIDED_SHARE * p->n_threads);
-            if (size < 1) size = 1;
-        } while (!atomic_compare_exchange_weak_explicit(&p->next_unit, &first, first + size, memory_order_acquire,
-                                                        memory_order_acquire));
-        /* A worker that read the counter during the previous run and wakes into this one may have
-         * sized its chunk by that run's n_units: clip to this run's (which the acquire made visible),
-         * so units_done counts exactly this run's units. */
-        if (first + size > p->n_units) size = p->n_units - first;
-        if (size <= 0) return; /* it claimed past this run's end: nothing of it is left */
-        const int64_t begin = first * p->grain, end = (first + size) * p->grain;
-        p->fn(p->ctx, begin, end < p->n_items ? end : p->n_items);
-        atomic_fetch_add_explicit(&p->units_done, size, memory_order_release);
-        first = atomic_load_explicit(&p->next_unit, memory_order_acquire);
+        const int32_t i = atomic_fetch_add_explicit(&p->next_chunk, 1, memory_order_acquire);
+        if (i >= p->n_chunks) return;
+        int64_t begin, end;
+        chunk_bounds(p->n_items, p->grain, i, p->n_chunks, &begin, &end);
+        if (begin < end) p->fn(p->ctx, begin, end);
+        atomic_fetch_add_explicit(&p->chunks_done, 1, memory_order_release);
     }
 }
 
@@ -127,8 +122,8 @@ rwkvx_pool *rwkvx_pool_create(int32_t n_threads) {
     pthread_mutex_init(&p->sleep_lock, NULL);
     pthread_cond_init(&p->wake, NULL);
     atomic_init(&p->generation, 0);
-    atomic_init(&p->units_done, 0);
-    atomic_init(&p->next_unit, 0);
+    atomic_init(&p->chunks_done, 0);
+    atomic_init(&p->next_chunk, 0);
     atomic_init(&p->stop, 0);
     for (int32_t i = 1; i < n_threads; i++) {
         worker *w = &p->workers[p->n_started];
@@ -164,16 +159,16 @@ void rwkvx_pool_run(rwkvx_pool *p, rwkvx_task_fn fn, void *ctx, int64_t n_items,
     p->ctx = ctx;
     p->n_items = n_items;
     p->grain = grain > 0 ? grain : 1;
-    p->n_units = (n_items + p->grain - 1) / p->grain;
-    atomic_store_explicit(&p->units_done, 0, memory_order_relaxed);
-    atomic_store_explicit(&p->next_unit, 0, memory_order_release);
+    p->n_chunks = p->n_threads * CHUNKS_PER_THREAD;
+    atomic_store_explicit(&p->chunks_done, 0, memory_order_relaxed);
+    atomic_store_explicit(&p->next_chunk, 0, memory_order_release);
     pthread_mutex_lock(&p->sleep_lock); /* no lost wake-up for a worker about to sleep */
     atomic_fetch_add_explicit(&p->generation, 1, memory_order_release);
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->sleep_lock);
     run_chunks(p);
     /* chunks other threads still run; yield now and then in case one was preempted */
-    for (int spins = 1; atomic_load_explicit(&p->units_done, memory_order_acquire) != p->n_units; spins++) {
+    for (int spins = 1; atomic_load_explicit(&p->chunks_done, memory_order_acquire) != p->n_chunks; spins++) {
         if (spins % 1024 == 0)
             sched_yield();
         else
