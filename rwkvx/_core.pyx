@@ -5,7 +5,7 @@ CoreModel holds an rwkvx_model whose tensor slots point into arrays kept
 alive here (memory-mapped weights, canonicalized vectors). Every pointer and
 size handed to C is checked first, so C never reads outside a buffer.
 """
-from libc.stdint cimport int32_t, int64_t, uint64_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.stddef cimport size_t
 
@@ -89,6 +89,7 @@ cdef extern from "kernels.h" nogil:
         void (*wkv7_heads)(int64_t n_tokens, int64_t n_head, int64_t head_size, int64_t h_begin, int64_t h_end,
                            const float *r, const float *w, const float *k, const float *v, const float *a,
                            const float *b, float *state, float *y) nogil
+        void (*quantize_block)(const float *x, int8_t *q, float *d_stored, float *d_exact, int32_t *sum) nogil
     const rwkvx_kernel_table *rwkvx_kernels
     enum: RWKVX_ISA_OK
     enum: RWKVX_ISA_UNKNOWN
@@ -265,6 +266,27 @@ def wkv7_with(str isa, const float[:, ::1] r, const float[:, ::1] w, const float
         table.wkv7_heads(T, H, S, 0, H, &r[0, 0], &w[0, 0], &k[0, 0], &v[0, 0], &a[0, 0], &b[0, 0],
                          &state[0, 0, 0], &yv[0, 0])
     return y
+
+
+def quantize_blocks_with(str isa, const float[::1] x):
+    """Activations x float32 [32 n] quantized per 32-block with one level's routine (for tests): returns
+    quants int8 [32 n], scales as stored float32 [n], unrounded scales float32 [n], sums int32 [n]."""
+    cdef const rwkvx_kernel_table *table = rwkvx_kernel_table_for(isa.encode())
+    if table == NULL:
+        raise BackendError(f"kernel level {isa!r} is not usable here (usable: {', '.join(supported_isas())})")
+    if x.shape[0] == 0 or x.shape[0] % 32:
+        raise ValueError("x must hold a positive multiple of 32 floats")
+    cdef int64_t n = x.shape[0] // 32, i
+    q = np.empty(x.shape[0], dtype=np.int8)
+    d_stored, d_exact = np.empty(n, dtype=np.float32), np.empty(n, dtype=np.float32)
+    sums = np.empty(n, dtype=np.int32)
+    cdef int8_t[::1] qv = q
+    cdef float[::1] sv = d_stored, ev = d_exact
+    cdef int32_t[::1] uv = sums
+    with nogil:
+        for i in range(n):
+            table.quantize_block(&x[32 * i], &qv[32 * i], &sv[i], &ev[i], &uv[i])
+    return q, d_stored, d_exact, sums
 
 
 cdef _check_matrix(int type_id, size_t n_bytes, int n_in, int n_rows):

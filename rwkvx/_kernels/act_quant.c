@@ -30,7 +30,8 @@ static int has_min(int type) { return type == RWKVX_TYPE_Q4_1 || type == RWKVX_T
 static float fp16_rounded(float v) { return rwkvx_half_to_float(rwkvx_float_to_half(v)); }
 
 /* roundf(v) (halves away from zero) for |v| < 2^23, without the libm call that
- * dominated quantization: the cast truncates, and v - trunc(v) is exact here. */
+ * dominated quantization: the cast truncates, and v - trunc(v) is exact here.
+ * (act_quant_avx512.c does the same three steps on 16 lanes.) */
 static inline int32_t round_half_away(float v) {
     int32_t q = (int32_t)v;
     const float frac = v - (float)q;
@@ -41,7 +42,7 @@ static inline int32_t round_half_away(float v) {
 /* One block of 32 floats -> quants q, scale (as stored: fp16-rounded) and sum(q).
  * A block with a non-finite value gets quants 0 and scale amax (inf/NaN), so its
  * products come out NaN, as the float path would give, without undefined casts. */
-static void quantize_block(const float *x, int8_t *q, float *d_stored, float *d_exact, int32_t *sum) {
+void rwkvx_quantize_block_ref(const float *x, int8_t *q, float *d_stored, float *d_exact, int32_t *sum) {
     /* amax over 8 independent lanes, without the one long chain of compares and
      * branches (max is exact in any order once NaN is ruled out); with a NaN, the
      * single scan this replaces ended on the last NaN's value */
@@ -105,7 +106,7 @@ void rwkvx_q8_acts_fill(rwkvx_q8_acts *a, int weight_type, const float *x, int64
             const int64_t i = t * stride + b;
             float d, d_exact;
             int32_t sum;
-            quantize_block(x + t * ldx + b * RWKVX_QK, a->qs + i * RWKVX_QK, &d, &d_exact, &sum);
+            rwkvx_kernels->quantize_block(x + t * ldx + b * RWKVX_QK, a->qs + i * RWKVX_QK, &d, &d_exact, &sum);
             for (int l = 0; l < LANES; l++) a->dv[i * LANES + l] = d;
             if (with_s) {
                 const float s = fp16_rounded((float)sum * d_exact);

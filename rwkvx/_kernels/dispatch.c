@@ -111,6 +111,7 @@ static const rwkvx_kernel_table table_ref = {
     .prefers_packed = 0,
     .dequant_row = rwkvx_dequant_row_ref,
     .wkv7_heads = rwkvx_wkv7_heads_ref,
+    .quantize_block = rwkvx_quantize_block_ref,
 };
 #ifdef RWKVX_HAVE_AVX2
 static const rwkvx_kernel_table table_avx2 = {
@@ -121,6 +122,7 @@ static const rwkvx_kernel_table table_avx2 = {
     .prefers_packed = 0,
     .dequant_row = rwkvx_dequant_row_ref, /* one row per token: not worth a variant */
     .wkv7_heads = rwkvx_wkv7_heads_avx2,
+    .quantize_block = rwkvx_quantize_block_ref,
 };
 #endif
 #ifdef RWKVX_HAVE_AVX512
@@ -132,6 +134,7 @@ static const rwkvx_kernel_table table_avx512 = {
     .prefers_packed = 1,
     .dequant_row = rwkvx_dequant_row_ref,
     .wkv7_heads = rwkvx_wkv7_heads_avx512,
+    .quantize_block = rwkvx_quantize_block_avx512,
 };
 #endif
 #ifdef RWKVX_HAVE_NEON
@@ -143,6 +146,7 @@ static const rwkvx_kernel_table table_neon = {
     .prefers_packed = 0,
     .dequant_row = rwkvx_dequant_row_ref,
     .wkv7_heads = rwkvx_wkv7_heads_ref,
+    .quantize_block = rwkvx_quantize_block_ref,
 };
 #endif
 

@@ -71,6 +71,13 @@ typedef void (*rwkvx_wkv7_heads_fn)(int64_t n_tokens, int64_t n_head, int64_t he
                                     int64_t h_end, const float *r, const float *w, const float *k, const float *v,
                                     const float *a, const float *b, float *state, float *y);
 
+/* One block of 32 activations -> int8 quants q, its scale as stored (fp16-rounded)
+ * and unrounded, and sum(q): the rules above. Every level's variant gives the
+ * same bits (the portable one is the definition). */
+typedef void (*rwkvx_quantize_block_fn)(const float *x, int8_t *q, float *d_stored, float *d_exact, int32_t *sum);
+void rwkvx_quantize_block_ref(const float *x, int8_t *q, float *d_stored, float *d_exact, int32_t *sum);
+void rwkvx_quantize_block_avx512(const float *x, int8_t *q, float *d_stored, float *d_exact, int32_t *sum);
+
 typedef struct rwkvx_kernel_table {
     const char *isa;
     rwkvx_matmul_fn matmul;       /* every type in file layout; quantized ones through matmul_q8 */
@@ -83,6 +90,7 @@ typedef struct rwkvx_kernel_table {
     int prefers_packed;
     rwkvx_dequant_row_fn dequant_row;
     rwkvx_wkv7_heads_fn wkv7_heads;
+    rwkvx_quantize_block_fn quantize_block;
 } rwkvx_kernel_table;
 
 /* The active table; selected once at import (see dispatch.c). */
