@@ -7,6 +7,7 @@
  * quants, and so every integer block sum, independent of T and of the level.
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -78,15 +79,67 @@ void rwkvx_quantize_block_ref(const float *x, int8_t *q, float *d_stored, float 
     *d_stored = fp16_rounded(d);
 }
 
+/* The buffer of the calling thread's last product, kept for its next one: a
+ * sequence call quantizes activations for every product of every layer, and a
+ * fresh allocation of this size is a fresh mapping whose pages the kernel must
+ * fault in and clear each time. Freed when the thread exits. */
+static pthread_key_t cached_buffer_key;
+static pthread_once_t cached_buffer_once = PTHREAD_ONCE_INIT;
+
+typedef struct cached_buffer {
+    void *memory;
+    size_t bytes;
+} cached_buffer;
+
+static void free_cached_buffer(void *p) {
+    cached_buffer *c = p;
+    free(c->memory);
+    free(c);
+}
+
+static void create_cached_buffer_key(void) { (void)pthread_key_create(&cached_buffer_key, free_cached_buffer); }
+
+/* A 64-byte aligned buffer of at least n bytes: the thread's cached one if large enough. */
+static void *take_buffer(size_t n) {
+    pthread_once(&cached_buffer_once, create_cached_buffer_key);
+    cached_buffer *c = pthread_getspecific(cached_buffer_key);
+    if (c != NULL && c->bytes >= n) {
+        void *memory = c->memory;
+        c->memory = NULL;
+        c->bytes = 0;
+        return memory;
+    }
+    return aligned_alloc(64, (n + 63) / 64 * 64);
+}
+
+/* Keep the buffer for the thread's next product (the larger of it and the cached one). */
+static void give_back_buffer(void *memory, size_t n) {
+    cached_buffer *c = pthread_getspecific(cached_buffer_key);
+    if (c == NULL) {
+        c = calloc(1, sizeof *c);
+        if (c == NULL || pthread_setspecific(cached_buffer_key, c) != 0) {
+            free(c);
+            free(memory);
+            return;
+        }
+    }
+    if (c->bytes >= n) {
+        free(memory);
+        return;
+    }
+    free(c->memory);
+    c->memory = memory;
+    c->bytes = n;
+}
+
 int rwkvx_q8_acts_alloc(rwkvx_q8_acts *a, int64_t n_tokens, int64_t n_in) {
     const int64_t nb = n_in / RWKVX_QK, stride = (nb + 1) & ~(int64_t)1;
     const size_t qs_bytes = (size_t)(n_tokens * stride * RWKVX_QK);
     const size_t lane_bytes = (size_t)(n_tokens * stride * LANES) * 4;
-    /* one 64-byte aligned allocation: quants, then scales, then aux; zeroed for the
-     * padding block and the unused aux lanes */
-    a->memory = aligned_alloc(64, qs_bytes + 2 * lane_bytes);
+    /* one 64-byte aligned buffer: quants, then scales, then aux (every byte of it written by fill) */
+    a->bytes = qs_bytes + 2 * lane_bytes;
+    a->memory = take_buffer(a->bytes);
     if (a->memory == NULL) return RWKVX_ERR_ALLOC;
-    memset(a->memory, 0, qs_bytes + 2 * lane_bytes);
     a->n_tokens = n_tokens;
     a->n_blocks = nb;
     a->stride_blocks = stride;
@@ -108,12 +161,19 @@ void rwkvx_q8_acts_fill(rwkvx_q8_acts *a, int weight_type, const float *x, int64
             int32_t sum;
             rwkvx_kernels->quantize_block(x + t * ldx + b * RWKVX_QK, a->qs + i * RWKVX_QK, &d, &d_exact, &sum);
             for (int l = 0; l < LANES; l++) a->dv[i * LANES + l] = d;
+            memset(&a->aux[i * LANES + 1], 0, (LANES - 1) * sizeof(int32_t));
             if (with_s) {
                 const float s = fp16_rounded((float)sum * d_exact);
                 memcpy(&a->aux[i * LANES], &s, sizeof s);
             } else {
                 a->aux[i * LANES] = -offset * sum;
             }
+        }
+    for (int64_t t = t_begin; t < t_end; t++) /* the padding block of an odd count reads as zeros */
+        for (int64_t i = t * stride + nb; i < (t + 1) * stride; i++) {
+            memset(a->qs + i * RWKVX_QK, 0, RWKVX_QK);
+            memset(a->dv + i * LANES, 0, LANES * sizeof(float));
+            memset(a->aux + i * LANES, 0, LANES * sizeof(int32_t));
         }
 }
 
@@ -125,7 +185,7 @@ int rwkvx_q8_acts_quantize(rwkvx_q8_acts *a, int weight_type, const float *x, in
 }
 
 void rwkvx_q8_acts_free(rwkvx_q8_acts *a) {
-    free(a->memory);
+    if (a->memory != NULL) give_back_buffer(a->memory, a->bytes);
     a->memory = NULL;
 }
 

@@ -38,6 +38,7 @@ typedef struct rwkvx_q8_acts {
      * the signed dot); for _1 types the bits of the float s. */
     int32_t *aux;
     void *memory;
+    size_t bytes;
 } rwkvx_q8_acts;
 
 /* Quantize T rows of n_in floats (ldx apart; n_in a multiple of 32) for products
@@ -46,8 +47,10 @@ typedef struct rwkvx_q8_acts {
  * quants never depend on the kernel level. */
 int rwkvx_q8_acts_quantize(rwkvx_q8_acts *a, int weight_type, const float *x, int64_t ldx, int64_t n_tokens,
                            int64_t n_in);
-/* The same in two steps, so threads can share the rows: allocate (zeroed) for T
- * tokens, then quantize rows [t_begin, t_end) (each row the same whoever does it). */
+/* The same in two steps, so threads can share the rows: allocate for T tokens
+ * (the calling thread's buffer is reused from one product to the next), then
+ * quantize rows [t_begin, t_end), writing every byte of them, padding included
+ * (each row the same whoever does it). */
 int rwkvx_q8_acts_alloc(rwkvx_q8_acts *a, int64_t n_tokens, int64_t n_in);
 void rwkvx_q8_acts_fill(rwkvx_q8_acts *a, int weight_type, const float *x, int64_t ldx, int64_t t_begin,
                         int64_t t_end);
