@@ -1,16 +1,20 @@
 /* AVX-512 (F, BW, VL, DQ, VNNI + F16C) matrix products for every weight type.
  *
- * Same contract as rwkvx_matmul_ref. F32/F16 (this part): each 32-weight block
- * is converted into two 16-float vectors and multiplied into float32
- * activations. Quantized types: integer products with VNNI, see the second
- * half of this file.
+ * Same contract as rwkvx_matmul_ref. F32/F16 (this part): a tile of up to
+ * F_ROWS rows x F_TOKENS tokens keeps two accumulators per output (even and odd
+ * 16-element steps); each step loads 16 weights of every row of the tile (F16
+ * converted) and 16 activations of every token, and does a multiply-add for
+ * every (row, token) pair, so loaded vectors are shared and the loop runs near
+ * the multiply-add rate. The last step of a row whose length is not a multiple
+ * of 16 is masked (the missing lanes read as zero). The accumulators of a tile
+ * are then reduced together by one transpose-and-add tree (reduce_tile), which
+ * adds the lanes of each output in the same fixed order whoever shares its tile.
  *
- * One output element y[t][o] is always computed by the same instruction
- * sequence: four accumulators per token (two blocks per step), a partial block
- * (F32/F16 rows whose length is not a multiple of 32) zero-padded, one fixed
- * reduction. Tokens are processed in tiles of up to TOKEN_TILE so each decoded
- * block is reused, but a token's accumulators never mix with another's, so the
- * result does not depend on how many tokens a call carries.
+ * So one output y[t][o] is always the same sequence of operations, whatever
+ * the tile it falls in: the result does not depend on how many tokens a call
+ * carries (sequence mode equals serial decoding bit for bit). At one token the
+ * tile's 4 rows are 4 independent multiply-add chains and 4 streams of weights.
+ * Quantized types: integer products with VNNI, see the second half of this file.
  *
  * Weights sit at arbitrary byte offsets in the memory-mapped file: every load
  * is unaligned.
@@ -20,108 +24,115 @@
 
 #include "kernels.h"
 
-#define TOKEN_TILE 4
-/* Bytes ahead of the weights being read that the float products prefetch: a
- * core's own out-of-order window keeps too few lines in flight for one stream
- * to reach memory bandwidth. Prefetches never change a result. */
+#define F_ROWS 4
+#define F_TOKENS 2 /* 4 rows x 2 tokens x 2 accumulators: 16 of the 32 vector registers */
+/* Bytes ahead of the weights being read that the float products prefetch, per
+ * row: a core's own out-of-order window keeps too few lines in flight for its
+ * streams to reach memory bandwidth. Prefetches never change a result. */
 #ifndef F_PREFETCH_BYTES
-#define F_PREFETCH_BYTES 2048
+#define F_PREFETCH_BYTES 1024
 #endif
 #define FORCE_INLINE static inline __attribute__((always_inline))
 
-/* Bytes holding one 32-weight block of a type (F32/F16: 32 plain values). */
-FORCE_INLINE size_t block_bytes(int type) {
-    return type == RWKVX_TYPE_F32 ? 128 : type == RWKVX_TYPE_F16 ? 64 : rwkvx_row_bytes(type, RWKVX_QK);
+/* 16 weights of an F32/F16 row from element i; lanes outside m read as zero. */
+FORCE_INLINE __m512 load_weights(int type, const uint8_t *row, int64_t i, __mmask16 m) {
+    if (type == RWKVX_TYPE_F32) return _mm512_maskz_loadu_ps(m, row + 4 * i);
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, row + 2 * i));
 }
 
-/* Decode one F32/F16 block at p into lanes 0-15 (*w0) and 16-31 (*w1). */
-FORCE_INLINE void decode_block(int type, const uint8_t *p, __m512 *w0, __m512 *w1) {
-    if (type == RWKVX_TYPE_F32) {
-        *w0 = _mm512_loadu_ps(p);
-        *w1 = _mm512_loadu_ps(p + 64);
-    } else {
-        *w0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
-        *w1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 32)));
-    }
+FORCE_INLINE __m512 load_weights_full(int type, const uint8_t *row, int64_t i) {
+    if (type == RWKVX_TYPE_F32) return _mm512_loadu_ps(row + 4 * i);
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(row + 2 * i)));
 }
 
-/* out[t] = row . x[t] for nt <= TOKEN_TILE tokens (x rows ldx floats apart). */
-FORCE_INLINE void dot_tile(int type, const uint8_t *row, int64_t n, const float *x, int64_t ldx, int nt,
-                           float *out) {
-    const size_t bb = block_bytes(type);
-    const int64_t n_blocks = n / RWKVX_QK;
-    __m512 acc[TOKEN_TILE][4];
+/* Sixteen accumulators -> one vector whose lane k is the sum of acc[k]'s lanes.
+ * Every output's lanes are added in the same tree, (l + l^8), then (l + l^4),
+ * (l + l^2), (l + l^1), whichever accumulators share the vector with it. */
+FORCE_INLINE __m512 reduce_tile(const __m512 acc[16]) {
+    __m512 c[8], d[4], e[2];
+    for (int k = 0; k < 8; k++) /* c[k]: acc[2k] and acc[2k+1], 8 partial sums each */
+        c[k] = _mm512_add_ps(_mm512_shuffle_f32x4(acc[2 * k], acc[2 * k + 1], 0x44),
+                             _mm512_shuffle_f32x4(acc[2 * k], acc[2 * k + 1], 0xee));
+    for (int k = 0; k < 4; k++) /* d[k]: 128-bit lane q holds output 4k + q, 4 partial sums */
+        d[k] = _mm512_add_ps(_mm512_shuffle_f32x4(c[2 * k], c[2 * k + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm512_shuffle_f32x4(c[2 * k], c[2 * k + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+    for (int k = 0; k < 2; k++) /* e[k]: lane q holds outputs 8k + q and 8k + 4 + q, 2 partial sums each */
+        e[k] = _mm512_add_ps(_mm512_shuffle_ps(d[2 * k], d[2 * k + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_ps(d[2 * k], d[2 * k + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    /* lane 4q + j now holds output 4j + q: permute to output order */
+    const __m512 f = _mm512_add_ps(_mm512_shuffle_ps(e[0], e[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                   _mm512_shuffle_ps(e[0], e[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_permutexvar_ps(_mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0), f);
+}
+
+/* y[t][o + r] for nr <= F_ROWS rows from `rows` (rb bytes apart) and nt <= F_TOKENS tokens. Two
+ * accumulators per output (even and odd steps): at one token the 4 rows' chains alone would leave the
+ * multiply-add units waiting on their latency. */
+FORCE_INLINE void float_tile(int type, const uint8_t *rows, size_t rb, int nr, const float *x, int64_t ldx, int nt,
+                             int64_t n, float *y, int64_t ldy) {
+    __m512 even[16], odd[16]; /* [4t + r]: two per output */
+    for (int k = 0; k < 16; k++) even[k] = odd[k] = _mm512_setzero_ps();
+    const size_t step_bytes = type == RWKVX_TYPE_F32 ? 64 : 32;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m512 w0[F_ROWS], w1[F_ROWS];
+        /* each row F_PREFETCH_BYTES ahead; near its end, the same row of the next tile instead, so
+         * the next tile's streams start warm (past the matrix, a prefetch is harmless) */
+        const size_t ahead = (size_t)i / 16 * step_bytes + F_PREFETCH_BYTES;
+        for (int r = 0; r < nr; r++) {
+            const uint8_t *row = rows + r * rb;
+            const uint8_t *p = ahead < rb ? row + ahead : rows + (size_t)(nr + r) * rb + (ahead - rb);
+            _mm_prefetch((const char *)p, _MM_HINT_T0);
+            if (type == RWKVX_TYPE_F32) _mm_prefetch((const char *)(p + 64), _MM_HINT_T0);
+            w0[r] = load_weights_full(type, row, i);
+            w1[r] = load_weights_full(type, row, i + 16);
+        }
+        for (int t = 0; t < nt; t++) {
+            const __m512 x0 = _mm512_loadu_ps(x + t * ldx + i), x1 = _mm512_loadu_ps(x + t * ldx + i + 16);
+            for (int r = 0; r < nr; r++) {
+                even[4 * t + r] = _mm512_fmadd_ps(w0[r], x0, even[4 * t + r]);
+                odd[4 * t + r] = _mm512_fmadd_ps(w1[r], x1, odd[4 * t + r]);
+            }
+        }
+    }
+    for (; i < n; i += 16) { /* a last step or two, the very last one masked */
+        const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1u);
+        __m512 w[F_ROWS];
+        for (int r = 0; r < nr; r++) w[r] = load_weights(type, rows + r * rb, i, m);
+        for (int t = 0; t < nt; t++) {
+            const __m512 xv = _mm512_maskz_loadu_ps(m, x + t * ldx + i);
+            for (int r = 0; r < nr; r++) even[4 * t + r] = _mm512_fmadd_ps(w[r], xv, even[4 * t + r]);
+        }
+    }
+    for (int k = 0; k < 16; k++) even[k] = _mm512_add_ps(even[k], odd[k]);
+    float out[16];
+    _mm512_storeu_ps(out, reduce_tile(even));
     for (int t = 0; t < nt; t++)
-        for (int k = 0; k < 4; k++) acc[t][k] = _mm512_setzero_ps();
-    int64_t b = 0;
-    for (; b + 2 <= n_blocks; b += 2) {
-        __m512 w0, w1, w2, w3;
-        for (size_t line = 0; line < 2 * bb; line += 64) /* see F_PREFETCH_BYTES */
-            _mm_prefetch((const char *)(row + b * bb + F_PREFETCH_BYTES + line), _MM_HINT_T0);
-        decode_block(type, row + b * bb, &w0, &w1);
-        decode_block(type, row + (b + 1) * bb, &w2, &w3);
-        for (int t = 0; t < nt; t++) {
-            const float *xt = x + t * ldx + b * RWKVX_QK;
-            acc[t][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xt), acc[t][0]);
-            acc[t][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xt + 16), acc[t][1]);
-            acc[t][2] = _mm512_fmadd_ps(w2, _mm512_loadu_ps(xt + 32), acc[t][2]);
-            acc[t][3] = _mm512_fmadd_ps(w3, _mm512_loadu_ps(xt + 48), acc[t][3]);
-        }
-    }
-    if (b < n_blocks) {
-        __m512 w0, w1;
-        decode_block(type, row + b * bb, &w0, &w1);
-        for (int t = 0; t < nt; t++) {
-            const float *xt = x + t * ldx + b * RWKVX_QK;
-            acc[t][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xt), acc[t][0]);
-            acc[t][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xt + 16), acc[t][1]);
-        }
-    }
-    /* F32/F16 rows may end in a partial block: masked loads zero the missing lanes. */
-    const int64_t rest = (type == RWKVX_TYPE_F32 || type == RWKVX_TYPE_F16) ? n - n_blocks * RWKVX_QK : 0;
-    if (rest > 0) {
-        const __mmask16 m0 = (__mmask16)(rest >= 16 ? 0xffffu : (1u << rest) - 1u);
-        const __mmask16 m1 = (__mmask16)(rest <= 16 ? 0u : (1u << (rest - 16)) - 1u);
-        const uint8_t *p = row + n_blocks * bb;
-        __m512 w0, w1;
-        if (type == RWKVX_TYPE_F32) {
-            w0 = _mm512_maskz_loadu_ps(m0, p);
-            w1 = _mm512_maskz_loadu_ps(m1, p + 64);
-        } else {
-            w0 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m0, p));
-            w1 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m1, p + 32));
-        }
-        for (int t = 0; t < nt; t++) {
-            const float *xt = x + t * ldx + n_blocks * RWKVX_QK;
-            acc[t][0] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(m0, xt), acc[t][0]);
-            acc[t][1] = _mm512_fmadd_ps(w1, _mm512_maskz_loadu_ps(m1, xt + 16), acc[t][1]);
-        }
-    }
-    for (int t = 0; t < nt; t++)
-        out[t] = _mm512_reduce_add_ps(
-            _mm512_add_ps(_mm512_add_ps(acc[t][0], acc[t][2]), _mm512_add_ps(acc[t][1], acc[t][3])));
+        for (int r = 0; r < nr; r++) y[t * ldy + r] = out[4 * t + r];
+}
+
+/* Rows [o, o + nr) against every token, in tiles of F_TOKENS (nr a constant). */
+FORCE_INLINE void float_row_group(int type, const uint8_t *rows, size_t rb, int nr, const float *x, int64_t ldx,
+                                  int64_t T, int64_t n, float *y, int64_t ldy) {
+    int64_t t0 = 0;
+    for (; t0 + F_TOKENS <= T; t0 += F_TOKENS)
+        float_tile(type, rows, rb, nr, x + t0 * ldx, ldx, F_TOKENS, n, y + t0 * ldy, ldy);
+    if (T - t0 == 1) float_tile(type, rows, rb, nr, x + t0 * ldx, ldx, 1, n, y + t0 * ldy, ldy);
 }
 
 FORCE_INLINE void matmul_typed(int type, const rwkvx_tensor *w, const float *x, int64_t ldx, int64_t n_tokens,
                                float *y, int64_t ldy) {
     const int64_t n = w->n_in;
     const size_t rb = rwkvx_row_bytes(type, (size_t)n);
-    for (int64_t o = 0; o < w->n_rows; o++) {
-        const uint8_t *row = (const uint8_t *)w->data + (size_t)o * rb;
-        for (int64_t t0 = 0; t0 < n_tokens; t0 += TOKEN_TILE) {
-            const int64_t left = n_tokens - t0;
-            const float *xt = x + t0 * ldx;
-            float out[TOKEN_TILE];
-            /* constant tile sizes, so the accumulators live in registers */
-            switch (left >= TOKEN_TILE ? TOKEN_TILE : (int)left) {
-            case 4: dot_tile(type, row, n, xt, ldx, 4, out); break;
-            case 3: dot_tile(type, row, n, xt, ldx, 3, out); break;
-            case 2: dot_tile(type, row, n, xt, ldx, 2, out); break;
-            default: dot_tile(type, row, n, xt, ldx, 1, out); break;
-            }
-            const int nt = left >= TOKEN_TILE ? TOKEN_TILE : (int)left;
-            for (int t = 0; t < nt; t++) y[(t0 + t) * ldy + o] = out[t];
-        }
+    const uint8_t *data = w->data;
+    int64_t o = 0;
+    for (; o + F_ROWS <= w->n_rows; o += F_ROWS)
+        float_row_group(type, data + o * rb, rb, F_ROWS, x, ldx, n_tokens, n, y + o, ldy);
+    switch (w->n_rows - o) {
+    case 3: float_row_group(type, data + o * rb, rb, 3, x, ldx, n_tokens, n, y + o, ldy); break;
+    case 2: float_row_group(type, data + o * rb, rb, 2, x, ldx, n_tokens, n, y + o, ldy); break;
+    case 1: float_row_group(type, data + o * rb, rb, 1, x, ldx, n_tokens, n, y + o, ldy); break;
+    default: break;
     }
 }
 
@@ -144,7 +155,7 @@ void rwkvx_matmul_avx512(const rwkvx_tensor *w, const float *x, int64_t ldx, int
  * block sum to exactly the signed integer dot of the scalar reference. The lanes
  * (exact integers below 2^24) are converted to float, scaled by d_w * d_x and
  * accumulated; _1 types add m_w * s_x through the aux lane. A tile of ROW_TILE
- * rows x TOKEN_TILE tokens decodes each weight pair once per tile and loads each
+ * rows x Q_TOKEN_TILE tokens decodes each weight pair once per tile and loads each
  * activation pair once per tile; per output element the operations are the same
  * whatever the tile, so T never changes a result.
  */
