@@ -1,11 +1,10 @@
-/* madvise and sysconf from <sys/mman.h> and <unistd.h> under -std=c11 */
-#define _DEFAULT_SOURCE
 /* Rewrites a quantized matrix from file layout into packed16 (packed.h).
  *
  * Portable and bytewise: the packed codes and scales are the file's own bytes
  * moved (Q8_0 codes also made unsigned), so every kernel over the packed
  * layout sees exactly the integers and scales of the file.
  */
+#define _DEFAULT_SOURCE /* madvise and sysconf under -std=c11 */
 #include <string.h>
 #ifdef __linux__
 #include <sys/mman.h>
