@@ -123,6 +123,11 @@ void rwkvx_matmul_ref(const rwkvx_tensor *w, const float *x, int64_t ldx,
                       int64_t n_tokens, float *y, int64_t ldy);
 void rwkvx_dequant_row_ref(const rwkvx_tensor *w, int64_t row, float *out);
 void rwkvx_matmul_q8_ref(const rwkvx_tensor *w, const rwkvx_q8_acts *x, float *y, int64_t ldy);
+/* The reference's arithmetic for one weight row, decoded to signed codes q [n_blocks][32],
+ * scales dw and minima mw [n_blocks]: y[t * ldy] for every token of x. Every scalar oracle
+ * (file layout, packed layout) ends here, so they agree by construction. */
+void rwkvx_q8_row_products(const int8_t *q, const float *dw, const float *mw, int has_m, int64_t n_blocks,
+                           const rwkvx_q8_acts *x, float *y, int64_t ldy);
 void rwkvx_matmul_q8_avx2(const rwkvx_tensor *w, const rwkvx_q8_acts *x, float *y, int64_t ldy);
 void rwkvx_matmul_q8_avx512(const rwkvx_tensor *w, const rwkvx_q8_acts *x, float *y, int64_t ldy);
 void rwkvx_matmul_q8_neon(const rwkvx_tensor *w, const rwkvx_q8_acts *x, float *y, int64_t ldy);

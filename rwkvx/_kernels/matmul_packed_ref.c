@@ -1,11 +1,12 @@
 /* Portable product over the packed16 layout (packed.h): the oracle for the SIMD
  * kernels over that layout, and the fallback of levels that have none.
  *
- * It decodes each packed block back into the signed codes of the file and then
- * runs exactly the reference's arithmetic (matmul_ref.c): the integer block sum,
- * acc += (float)isum * (d_w * d_x), then acc += m_w * s_x for the _1 types, in
- * block order. So a packed matrix gives the same floats as its file layout.
+ * It decodes each packed row back into the signed codes, scales and minima of
+ * the file and hands them to the reference's own arithmetic
+ * (rwkvx_q8_row_products), so a packed matrix gives the same floats as its
+ * file layout.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "kernels.h"
@@ -38,29 +39,14 @@ static void unpack_block(int type, const uint8_t *group, const rwkvx_packed_regi
 void rwkvx_matmul_q8_packed_ref(const rwkvx_tensor *w, const rwkvx_q8_acts *x, float *y, int64_t ldy) {
     const int64_t nb = w->n_in / RWKVX_QK;
     const rwkvx_packed_regions regions = rwkvx_packed_layout(w->type, nb);
-    const int has_m = rwkvx_packed_has_min(w->type);
+    int8_t *q = malloc((size_t)nb * RWKVX_QK + 2 * (size_t)nb * sizeof(float));
+    if (q == NULL) abort(); /* one decoded row: only on exhausted memory */
+    float *dw = (float *)(q + nb * RWKVX_QK), *mw = dw + nb;
     for (int64_t o = 0; o < w->n_rows; o++) {
         const uint8_t *group = (const uint8_t *)w->data + (size_t)(o / RWKVX_PACK_ROWS) * regions.group;
-        const int r = (int)(o % RWKVX_PACK_ROWS);
-        for (int64_t t = 0; t < x->n_tokens; t++) {
-            const int8_t *qx = x->qs + t * x->stride_blocks * RWKVX_QK;
-            const float *dx = x->dv + t * x->stride_blocks * 8;
-            const int32_t *aux = x->aux + t * x->stride_blocks * 8;
-            float acc = 0.0f;
-            for (int64_t b = 0; b < nb; b++) {
-                int8_t q[RWKVX_QK];
-                float dw, mw;
-                unpack_block(w->type, group, &regions, b, r, q, &dw, &mw);
-                int32_t isum = 0;
-                for (int j = 0; j < RWKVX_QK; j++) isum += (int32_t)q[j] * qx[b * RWKVX_QK + j];
-                acc += (float)isum * (dw * dx[b * 8]);
-                if (has_m) {
-                    float s;
-                    memcpy(&s, &aux[b * 8], sizeof s);
-                    acc += mw * s;
-                }
-            }
-            y[t * ldy + o] = acc;
-        }
+        for (int64_t b = 0; b < nb; b++)
+            unpack_block(w->type, group, &regions, b, (int)(o % RWKVX_PACK_ROWS), q + b * RWKVX_QK, &dw[b], &mw[b]);
+        rwkvx_q8_row_products(q, dw, mw, rwkvx_packed_has_min(w->type), nb, x, y + o, ldy);
     }
+    free(q);
 }

@@ -85,6 +85,27 @@ static void decode_block_ints(int type, const uint8_t *p, int8_t q[RWKVX_QK], fl
     }
 }
 
+void rwkvx_q8_row_products(const int8_t *q, const float *dw, const float *mw, int has_m, int64_t n_blocks,
+                           const rwkvx_q8_acts *x, float *y, int64_t ldy) {
+    for (int64_t t = 0; t < x->n_tokens; t++) {
+        const int8_t *qx = x->qs + t * x->stride_blocks * RWKVX_QK;
+        const float *dx = x->dv + t * x->stride_blocks * 8;
+        const int32_t *aux = x->aux + t * x->stride_blocks * 8;
+        float acc = 0.0f;
+        for (int64_t b = 0; b < n_blocks; b++) {
+            int32_t isum = 0;
+            for (int j = 0; j < RWKVX_QK; j++) isum += (int32_t)q[b * RWKVX_QK + j] * qx[b * RWKVX_QK + j];
+            acc += (float)isum * (dw[b] * dx[b * 8]);
+            if (has_m) {
+                float s;
+                memcpy(&s, &aux[b * 8], sizeof s);
+                acc += mw[b] * s;
+            }
+        }
+        y[t * ldy] = acc;
+    }
+}
+
 void rwkvx_matmul_q8_ref(const rwkvx_tensor *w, const rwkvx_q8_acts *x, float *y, int64_t ldy) {
     const int64_t nb = w->n_in / RWKVX_QK;
     const size_t block = rwkvx_row_bytes(w->type, RWKVX_QK);
@@ -95,23 +116,7 @@ void rwkvx_matmul_q8_ref(const rwkvx_tensor *w, const rwkvx_q8_acts *x, float *y
     for (int64_t o = 0; o < w->n_rows; o++) {
         const uint8_t *row = (const uint8_t *)w->data + (size_t)o * (size_t)nb * block;
         for (int64_t b = 0; b < nb; b++) decode_block_ints(w->type, row + b * block, q + b * RWKVX_QK, &dw[b], &mw[b]);
-        for (int64_t t = 0; t < x->n_tokens; t++) {
-            const int8_t *qx = x->qs + t * x->stride_blocks * RWKVX_QK;
-            const float *dx = x->dv + t * x->stride_blocks * 8;
-            const int32_t *aux = x->aux + t * x->stride_blocks * 8;
-            float acc = 0.0f;
-            for (int64_t b = 0; b < nb; b++) {
-                int32_t isum = 0;
-                for (int j = 0; j < RWKVX_QK; j++) isum += (int32_t)q[b * RWKVX_QK + j] * qx[b * RWKVX_QK + j];
-                acc += (float)isum * (dw[b] * dx[b * 8]);
-                if (has_m) {
-                    float s;
-                    memcpy(&s, &aux[b * 8], sizeof s);
-                    acc += mw[b] * s;
-                }
-            }
-            y[t * ldy + o] = acc;
-        }
+        rwkvx_q8_row_products(q, dw, mw, has_m, nb, x, y + o, ldy);
     }
     free(q);
 }
