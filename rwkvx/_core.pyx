@@ -174,19 +174,23 @@ def read_bytes(const unsigned char[::1] buf):
     return result
 
 
+cdef const rwkvx_kernel_table *_usable_table(str isa) except NULL:
+    """The kernel table of a level, for the test hooks below; BackendError if it is not usable here."""
+    cdef const rwkvx_kernel_table *table = rwkvx_kernel_table_for(isa.encode())
+    if table == NULL:
+        raise BackendError(f"kernel level {isa!r} is not usable here (usable: {', '.join(supported_isas())})")
+    return table
+
+
 def matmul_with(str isa, int type_id, raw, int n_in, int n_rows, const float[:, ::1] x):
     """y float32 [T, n_rows] = W x[t] with one level's kernel (for tests and benchmarks).
 
     raw: uint8 buffer of n_rows rows of n_in weights of type_id, at any byte offset.
     x: float32 [T, n_in]. Raises BackendError if the level is not usable here.
     """
-    cdef const rwkvx_kernel_table *table = rwkvx_kernel_table_for(isa.encode())
-    if table == NULL:
-        raise BackendError(f"kernel level {isa!r} is not usable here (usable: {', '.join(supported_isas())})")
+    cdef const rwkvx_kernel_table *table = _usable_table(isa)
     cdef const unsigned char[::1] view = raw
-    cdef size_t need = rwkvx_row_bytes(type_id, n_in) * <size_t>n_rows
-    if n_in <= 0 or n_rows <= 0 or need == 0 or <size_t>view.shape[0] != need:
-        raise ValueError(f"raw has {view.shape[0]} bytes, expected {need} for {n_rows} rows of {n_in}")
+    _check_matrix(type_id, view.shape[0], n_in, n_rows)
     if x.shape[0] == 0 or x.shape[1] != n_in:
         raise ValueError(f"x must be float32 [T, {n_in}] with T > 0")
     cdef rwkvx_tensor w
@@ -224,9 +228,7 @@ def pack_matrix(int type_id, raw, int n_in, int n_rows):
 def matmul_packed_with(str isa, int type_id, packed, int n_in, int n_rows, const float[:, ::1] x):
     """y float32 [T, n_rows] = W x[t] with one level's product over a packed16 matrix (from
     pack_matrix); x float32 [T, n_in]. Raises BackendError if the level is not usable here."""
-    cdef const rwkvx_kernel_table *table = rwkvx_kernel_table_for(isa.encode())
-    if table == NULL:
-        raise BackendError(f"kernel level {isa!r} is not usable here (usable: {', '.join(supported_isas())})")
+    cdef const rwkvx_kernel_table *table = _usable_table(isa)
     cdef const unsigned char[::1] view = packed
     if not rwkvx_type_is_quantized(type_id) or n_in <= 0 or n_rows <= 0 or n_in % 32:
         raise ValueError("a packed matrix is quantized, with n_in a positive multiple of 32")
@@ -249,9 +251,7 @@ def wkv7_with(str isa, const float[:, ::1] r, const float[:, ::1] w, const float
               const float[:, ::1] v, const float[:, ::1] a, const float[:, ::1] b, float[:, :, ::1] state):
     """The v7 recurrence with one level's kernel (for tests): r, w, k, v, a, b float32 [T, H*S], state
     float32 [H, S, S] updated in place. Returns y float32 [T, H*S]."""
-    cdef const rwkvx_kernel_table *table = rwkvx_kernel_table_for(isa.encode())
-    if table == NULL:
-        raise BackendError(f"kernel level {isa!r} is not usable here (usable: {', '.join(supported_isas())})")
+    cdef const rwkvx_kernel_table *table = _usable_table(isa)
     cdef int64_t T = r.shape[0], H = state.shape[0], S = state.shape[1]
     if T == 0 or state.shape[2] != S or r.shape[1] != H * S:
         raise ValueError("state must be [H, S, S] and r [T, H*S] with T > 0")
@@ -271,9 +271,7 @@ def wkv7_with(str isa, const float[:, ::1] r, const float[:, ::1] w, const float
 def quantize_blocks_with(str isa, const float[::1] x):
     """Activations x float32 [32 n] quantized per 32-block with one level's routine (for tests): returns
     quants int8 [32 n], scales as stored float32 [n], unrounded scales float32 [n], sums int32 [n]."""
-    cdef const rwkvx_kernel_table *table = rwkvx_kernel_table_for(isa.encode())
-    if table == NULL:
-        raise BackendError(f"kernel level {isa!r} is not usable here (usable: {', '.join(supported_isas())})")
+    cdef const rwkvx_kernel_table *table = _usable_table(isa)
     if x.shape[0] == 0 or x.shape[0] % 32:
         raise ValueError("x must hold a positive multiple of 32 floats")
     cdef int64_t n = x.shape[0] // 32, i
