@@ -5,6 +5,7 @@
  * layout sees exactly the integers and scales of the file.
  */
 #define _DEFAULT_SOURCE /* madvise and sysconf under -std=c11 */
+#include <stddef.h>
 #include <string.h>
 #ifdef __linux__
 #include <sys/mman.h>
@@ -20,17 +21,26 @@ size_t rwkvx_packed_bytes(int type, int64_t n_in, int64_t n_rows) {
     return (size_t)groups * rwkvx_packed_layout(type, n_in / RWKVX_QK).group;
 }
 
-/* Byte offsets of a block's fields in the file layout (blocks.h). */
+/* Byte offsets of a block's fields in the file layout, from the block structs of blocks.h. */
 typedef struct block_fields {
     size_t d, m, qh, qs;
 } block_fields;
 
 static block_fields fields_of(int type) {
     switch (type) {
-    case RWKVX_TYPE_Q4_1: return (block_fields){0, 2, 0, 4};
-    case RWKVX_TYPE_Q5_0: return (block_fields){0, 0, 2, 6};
-    case RWKVX_TYPE_Q5_1: return (block_fields){0, 2, 4, 8};
-    default: return (block_fields){0, 0, 0, 2}; /* Q4_0, Q8_0 */
+    case RWKVX_TYPE_Q4_1:
+        return (block_fields){offsetof(rwkvx_block_q4_1, d), offsetof(rwkvx_block_q4_1, m), 0,
+                              offsetof(rwkvx_block_q4_1, qs)};
+    case RWKVX_TYPE_Q5_0:
+        return (block_fields){offsetof(rwkvx_block_q5_0, d), 0, offsetof(rwkvx_block_q5_0, qh),
+                              offsetof(rwkvx_block_q5_0, qs)};
+    case RWKVX_TYPE_Q5_1:
+        return (block_fields){offsetof(rwkvx_block_q5_1, d), offsetof(rwkvx_block_q5_1, m),
+                              offsetof(rwkvx_block_q5_1, qh), offsetof(rwkvx_block_q5_1, qs)};
+    case RWKVX_TYPE_Q8_0:
+        return (block_fields){offsetof(rwkvx_block_q8_0, d), 0, 0, offsetof(rwkvx_block_q8_0, qs)};
+    default: /* Q4_0 */
+        return (block_fields){offsetof(rwkvx_block_q4_0, d), 0, 0, offsetof(rwkvx_block_q4_0, qs)};
     }
 }
 
