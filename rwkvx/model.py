@@ -72,8 +72,9 @@ class Model:
             if name not in source.tensors:
                 continue
             info = source.tensors[name]
-            packs = info.type.name not in ("FP32", "FP16") and local in PACKED_MATRICES
-            if not packs and (release is None or info.type.name not in ("FP32", "FP16")):
+            is_float = info.type.name in ("FP32", "FP16")
+            packs = not is_float and local in PACKED_MATRICES
+            if not packs and (release is None or not is_float):
                 # a source that cannot hand its memory back (a checkpoint converted in memory) would hold
                 # the matrix twice for a 10-15% gain; a quantized low-rank matrix stays in file layout
                 continue
