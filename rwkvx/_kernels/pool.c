@@ -3,9 +3,9 @@
  * A run is published by bumping `generation` (release) after the job fields
  * are written. The items are cut into CHUNKS_PER_THREAD contiguous chunks per
  * thread, claimed in order from an atomic counter: on a machine where another
- * process preempts a worker, the other threads take over its chunks instead
- * of waiting for it, and a worker that wakes late finds nothing left and is
- * not waited for. The counter is reset (release) before a run is published and
+ * process keeps a worker from starting, the other threads take over its chunks
+ * instead of waiting for it, and a worker that wakes late finds nothing left
+ * and is not waited for. The counter is reset (release) before a run is published and
  * claimed with acquire, so whoever claims a chunk sees that run's job fields.
  * Each finished chunk increments `chunks_done` (release); the caller waits for
  * all of them (acquire), after which every output written is visible to it.
@@ -20,9 +20,13 @@
 /* Iterations a worker spins for the next run before sleeping: long enough to
  * cover the gap between the matrix products of one token (elementwise work). */
 #define SPIN_LIMIT 20000
-/* Chunks per thread: enough to rebalance around a preempted thread, few enough
- * that each chunk is still a long contiguous stream of rows. */
-#define CHUNKS_PER_THREAD 4
+/* Chunks per thread. One: each thread streams one contiguous share of a matrix,
+ * and a worker that is late to a run (preempted, asleep) still has its share
+ * taken by the others. Measured on v7 1.5B-shaped runs of products, 2 threads:
+ * 4 chunks per thread streamed 8-12% slower (every chunk restarts a stream
+ * cold), and the finer balance they buy against a thread preempted mid-share
+ * did not pay for it on a quiet machine. */
+#define CHUNKS_PER_THREAD 1
 
 typedef struct worker {
     rwkvx_pool *pool;
