@@ -65,6 +65,10 @@ cdef extern from "rwkvx.h" nogil:
                          float *x, float *v_first, int64_t n_tokens, float *state)
     int rwkvx_head(const rwkvx_model *m, const float *x, int64_t n_tokens, float *logits)
 
+cdef extern from "exp_poly.h" nogil:
+    float rwkvx_exp_poly(float x)
+    float rwkvx_sigmoid_poly(float x)
+
 cdef extern from "packed.h" nogil:
     enum: RWKVX_LAYOUT_ROWS
     enum: RWKVX_LAYOUT_PACKED16
@@ -158,6 +162,17 @@ def cpu_features():
 
 
 FORCED_ISA = _select_isa_from_env()
+
+
+def exp_poly(const float[::1] x, bint sigmoid=False):
+    """exp(x), or 1 / (1 + exp(-x)) with sigmoid=True, elementwise as the layer code computes them
+    (exp_poly.h; for tests). Returns float32 like x."""
+    out = np.empty(x.shape[0], dtype=np.float32)
+    cdef float[::1] o = out
+    cdef Py_ssize_t i
+    for i in range(x.shape[0]):
+        o[i] = rwkvx_sigmoid_poly(x[i]) if sigmoid else rwkvx_exp_poly(x[i])
+    return out
 
 
 def read_bytes(const unsigned char[::1] buf):

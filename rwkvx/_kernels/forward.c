@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "exp_poly.h"
 #include "kernels.h"
 #include "pool.h"
 
@@ -32,7 +33,7 @@ typedef struct scratch {
     void *block;
 } scratch;
 
-static float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+static float sigmoidf(float x) { return rwkvx_sigmoid_poly(x); }
 
 static const float *vec(const rwkvx_layer *L, int slot) { return (const float *)L->t[slot].data; }
 static const rwkvx_tensor *mat(const rwkvx_layer *L, int slot) { return &L->t[slot]; }
@@ -388,7 +389,7 @@ static void time_mix_v6(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
     matmul(m, mat(L, RWKVX_DECAY_W2), s->hidden2, D2, T, s->w, C);
     const float *decay = vec(L, RWKVX_ATT_DECAY);
     for (int64_t t = 0; t < T; t++)
-        for (int64_t i = 0; i < C; i++) s->w[t * C + i] = expf(-expf(decay[i] + s->w[t * C + i]));
+        for (int64_t i = 0; i < C; i++) s->w[t * C + i] = rwkvx_exp_poly(-rwkvx_exp_poly(decay[i] + s->w[t * C + i]));
     wkv5_rows(m, s, T, vec(L, RWKVX_ATT_FAAAA), s->w, C, rs, layer_offset);
     group_norm(m, s->y, T, vec(L, RWKVX_LNX_W), vec(L, RWKVX_LNX_B));
     for (int64_t i = 0; i < T * C; i++) s->y[i] *= s->g[i] * sigmoidf(s->g[i]);
@@ -432,76 +433,68 @@ static void wkv7_heads_task(void *ctx, int64_t begin, int64_t end) {
 /* The elementwise stretches of v7 time mixing, each over a range of tokens so
  * that long calls can split them between threads: every element is computed by
  * the same code whichever thread or range it falls in. */
-enum { V7_MIX, V7_DECAY, V7_ALPHA, V7_KK, V7_VMIX, V7_AB, V7_BONUS };
+enum { V7_MIX, V7_GATES, V7_BONUS };
 typedef struct v7_stage_job {
     const rwkvx_model *m;
     const rwkvx_layer *L;
     scratch *s;
-    const float *v_first;
+    float *v_first;
+    int32_t layer;
     int stage;
 } v7_stage_job;
+
+/* Everything between the products and the recurrence, for token t: decay,
+ * learning rate, normalized key, value residual and WKV's a and b. One pass
+ * per token over rows still in cache; the loops are plain so they vectorize. */
+static void v7_gates(const v7_stage_job *j, int64_t t) {
+    const rwkvx_layer *L = j->L;
+    scratch *s = j->s;
+    const int64_t C = j->m->n_embd, H = j->m->n_head, S = j->m->head_size, o = t * C;
+    float *w = s->w + o, *alpha = s->alpha + o, *k = s->k + o, *kk = s->kk + o, *v = s->v + o;
+    const float *w0 = vec(L, RWKVX_W0), *a0 = vec(L, RWKVX_A0), *k_k = vec(L, RWKVX_K_K), *k_a = vec(L, RWKVX_K_A);
+    /* decay w = exp(-e^-0.5 * sigmoid(w0 + W2 tanh(W1 xw))), in (e^-0.607, 1) */
+    for (int64_t i = 0; i < C; i++) w[i] = rwkvx_exp_poly(-0.606531f * rwkvx_sigmoid_poly(w0[i] + w[i]));
+    /* in-context learning rate alpha = sigmoid(a0 + A2 A1 xa) */
+    for (int64_t i = 0; i < C; i++) alpha[i] = rwkvx_sigmoid_poly(a0[i] + alpha[i]);
+    /* kk = per-head unit vector of k*k_k; k scaled by the replacement rate */
+    for (int64_t i = 0; i < C; i++) kk[i] = k[i] * k_k[i];
+    for (int64_t h = 0; h < H; h++) {
+        float norm2 = 0.0f;
+        for (int64_t i = h * S; i < (h + 1) * S; i++) norm2 += kk[i] * kk[i];
+        const float inv = 1.0f / fmaxf(sqrtf(norm2), 1e-12f);
+        for (int64_t i = h * S; i < (h + 1) * S; i++) kk[i] *= inv;
+    }
+    for (int64_t i = 0; i < C; i++) k[i] = k[i] * (1.0f + (alpha[i] - 1.0f) * k_a[i]);
+    /* value residual: layer 0 sets v_first, later layers mix towards it */
+    if (j->layer == 0) {
+        memcpy(j->v_first + o, v, (size_t)C * sizeof(float));
+    } else {
+        const float *v0 = vec(L, RWKVX_V0), *v_first = j->v_first + o, *v_mix = s->out + o;
+        for (int64_t i = 0; i < C; i++) v[i] += (v_first[i] - v[i]) * rwkvx_sigmoid_poly(v0[i] + v_mix[i]);
+    }
+    /* WKV's a = -kk and b = kk * alpha, in the mix buffers (no longer needed) */
+    float *a = s->mix[0] + o, *b = s->mix[1] + o;
+    for (int64_t i = 0; i < C; i++) {
+        a[i] = -kk[i];
+        b[i] = kk[i] * alpha[i];
+    }
+}
 
 static void v7_stage(void *ctx, int64_t t0, int64_t t1) {
     const v7_stage_job *j = ctx;
     const rwkvx_layer *L = j->L;
     scratch *s = j->s;
     const int64_t C = j->m->n_embd, H = j->m->n_head, S = j->m->head_size;
-    const int64_t n = t1 - t0, e0 = t0 * C, e1 = t1 * C; /* rows [t0, t1) = elements [e0, e1) */
+    const int64_t n = t1 - t0, e0 = t0 * C; /* rows [t0, t1) start at element e0 */
     switch (j->stage) {
     case V7_MIX: {
         const float *x_rwkvag = vec(L, RWKVX_X_RWKVAG);
         for (int c = 0; c < 6; c++) delta_mix(s->a + e0, s->prev + e0, x_rwkvag + c * C, n, C, s->mix[c] + e0);
         return;
     }
-    case V7_DECAY: { /* decay w = exp(-e^-0.5 * sigmoid(w0 + W2 tanh(W1 xw))), in (e^-0.607, 1) */
-        const float *w0 = vec(L, RWKVX_W0);
-        for (int64_t t = t0; t < t1; t++)
-            for (int64_t i = 0; i < C; i++) s->w[t * C + i] = expf(-0.606531f * sigmoidf(w0[i] + s->w[t * C + i]));
+    case V7_GATES:
+        for (int64_t t = t0; t < t1; t++) v7_gates(j, t);
         return;
-    }
-    case V7_ALPHA: { /* in-context learning rate alpha = sigmoid(a0 + A2 A1 xa) */
-        const float *a0 = vec(L, RWKVX_A0);
-        for (int64_t t = t0; t < t1; t++)
-            for (int64_t i = 0; i < C; i++) s->alpha[t * C + i] = sigmoidf(a0[i] + s->alpha[t * C + i]);
-        return;
-    }
-    case V7_KK: { /* kk = per-head unit vector of k*k_k; k scaled by the replacement rate */
-        const float *k_k = vec(L, RWKVX_K_K), *k_a = vec(L, RWKVX_K_A);
-        for (int64_t t = t0; t < t1; t++)
-            for (int64_t h = 0; h < H; h++) {
-                const int64_t o = t * C + h * S;
-                float norm2 = 0.0f;
-                for (int64_t jj = 0; jj < S; jj++) {
-                    s->kk[o + jj] = s->k[o + jj] * k_k[h * S + jj];
-                    norm2 += s->kk[o + jj] * s->kk[o + jj];
-                }
-                const float inv = 1.0f / fmaxf(sqrtf(norm2), 1e-12f);
-                for (int64_t jj = 0; jj < S; jj++) s->kk[o + jj] *= inv;
-            }
-        for (int64_t t = t0; t < t1; t++)
-            for (int64_t i = 0; i < C; i++) {
-                const int64_t e = t * C + i;
-                s->k[e] = s->k[e] * (1.0f + (s->alpha[e] - 1.0f) * k_a[i]);
-            }
-        return;
-    }
-    case V7_VMIX: { /* value residual of later layers: mix towards v_first */
-        const float *v0 = vec(L, RWKVX_V0);
-        for (int64_t t = t0; t < t1; t++)
-            for (int64_t i = 0; i < C; i++) {
-                const int64_t e = t * C + i;
-                s->v[e] += (j->v_first[e] - s->v[e]) * sigmoidf(v0[i] + s->out[e]);
-            }
-        return;
-    }
-    case V7_AB: { /* WKV's a = -kk and b = kk * alpha, in the mix buffers (no longer needed) */
-        float *a = s->mix[0], *b = s->mix[1];
-        for (int64_t e = e0; e < e1; e++) {
-            a[e] = -s->kk[e];
-            b[e] = s->kk[e] * s->alpha[e];
-        }
-        return;
-    }
     default: { /* V7_BONUS: y_h += (sum_j r k r_k) v_h, then gate */
         const float *r_k = vec(L, RWKVX_R_K);
         for (int64_t t = t0; t < t1; t++)
@@ -516,10 +509,9 @@ static void v7_stage(void *ctx, int64_t t0, int64_t t1) {
     }
 }
 
-
-static void run_v7_stage(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, const float *v_first, int64_t T,
-                         int stage) {
-    v7_stage_job job = {m, L, s, v_first, stage};
+static void run_v7_stage(const rwkvx_model *m, const rwkvx_layer *L, int32_t layer, scratch *s, float *v_first,
+                         int64_t T, int stage) {
+    v7_stage_job job = {m, L, s, v_first, layer, stage};
     if (m->pool != NULL && T >= PARALLEL_ROWS_MIN_TOKENS)
         rwkvx_pool_run(m->pool, v7_stage, &job, T, 1);
     else
@@ -529,30 +521,21 @@ static void run_v7_stage(const rwkvx_model *m, const rwkvx_layer *L, scratch *s,
 static void time_mix_v7(const rwkvx_model *m, const rwkvx_layer *L, int32_t layer, scratch *s, int64_t T,
                         const row_states *rs, size_t layer_offset, float *v_first) {
     const int64_t C = m->n_embd, H = m->n_head, S = m->head_size;
-    run_v7_stage(m, L, s, v_first, T, V7_MIX);
+    run_v7_stage(m, L, layer, s, v_first, T, V7_MIX);
     float *xr = s->mix[0], *xw = s->mix[1], *xk = s->mix[2], *xv = s->mix[3], *xa = s->mix[4], *xg = s->mix[5];
+    /* every product first (their inputs are the mixes), then the elementwise work in one pass */
     matmul(m, mat(L, RWKVX_ATT_R), xr, C, T, s->r, C);
     matmul(m, mat(L, RWKVX_ATT_K), xk, C, T, s->k, C);
     matmul(m, mat(L, RWKVX_ATT_V), xv, C, T, s->v, C);
     lora(m, mat(L, RWKVX_W1), mat(L, RWKVX_W2), xw, T, LORA_TANH, s->hidden, s->w);
-    run_v7_stage(m, L, s, v_first, T, V7_DECAY);
     lora(m, mat(L, RWKVX_A1), mat(L, RWKVX_A2), xa, T, LORA_LINEAR, s->hidden, s->alpha);
-    run_v7_stage(m, L, s, v_first, T, V7_ALPHA);
-    /* gate g = G2 sigmoid(G1 xg) */
-    lora(m, mat(L, RWKVX_G1), mat(L, RWKVX_G2), xg, T, LORA_SIGMOID, s->hidden, s->g);
-    run_v7_stage(m, L, s, v_first, T, V7_KK);
-    /* value residual: layer 0 sets v_first, later layers mix towards it */
-    if (layer == 0) {
-        memcpy(v_first, s->v, (size_t)(T * C) * sizeof(float));
-    } else {
-        lora(m, mat(L, RWKVX_V1), mat(L, RWKVX_V2), xv, T, LORA_LINEAR, s->hidden, s->out);
-        run_v7_stage(m, L, s, v_first, T, V7_VMIX);
-    }
-    run_v7_stage(m, L, s, v_first, T, V7_AB);
+    lora(m, mat(L, RWKVX_G1), mat(L, RWKVX_G2), xg, T, LORA_SIGMOID, s->hidden, s->g); /* gate g = G2 sigmoid(G1 xg) */
+    if (layer > 0) lora(m, mat(L, RWKVX_V1), mat(L, RWKVX_V2), xv, T, LORA_LINEAR, s->hidden, s->out);
+    run_v7_stage(m, L, layer, s, v_first, T, V7_GATES);
     wkv7_job wkv = {T, H, S, s->r, s->w, s->k, s->v, s->mix[0], s->mix[1], rs, layer_offset + 2 * (size_t)C, s->y};
     rwkvx_pool_run(m->pool, wkv7_heads_task, &wkv, H, 1); /* heads are independent: one range per thread */
     group_norm(m, s->y, T, vec(L, RWKVX_LNX_W), vec(L, RWKVX_LNX_B));
-    run_v7_stage(m, L, s, v_first, T, V7_BONUS);
+    run_v7_stage(m, L, layer, s, v_first, T, V7_BONUS);
     matmul(m, mat(L, RWKVX_ATT_O), s->y, C, T, s->out, C);
 }
 
