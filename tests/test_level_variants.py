@@ -1,7 +1,8 @@
-"""Per-level variants of the v7 recurrence and of activation quantization equal the scalar ones bit for bit.
+"""Per-level variants of v7's vector code and of activation quantization equal the scalar ones bit for bit.
 
-The v7 recurrence: each level compiles the same C (rwkvx/_kernels/wkv7_body.h) with its own vector flags;
-under -std=c11 nothing is contracted or reordered, so the floats must be identical, not merely close.
+The v7 recurrence and the per-token work before it: each level compiles the same C
+(rwkvx/_kernels/wkv7_body.h, v7_gates_body.h) with its own vector flags; under -std=c11 nothing is
+contracted or reordered, so the floats must be identical, not merely close.
 Activation quantization (int8 quants, scales, sums) defines every integer product downstream, so its
 vector variants must reproduce the portable routine exactly, rounding ties and special values included.
 """
@@ -46,6 +47,73 @@ def test_wkv7_refuses_mismatched_shapes():
         _core.wkv7_with("scalar", r[:, :-1].copy(), w, k, v, a, b, state)
     with pytest.raises(ValueError):
         _core.wkv7_with("scalar", r, w[:1].copy(), k, v, a, b, state)
+
+
+GATE_SHAPES = ((1, 64), (32, 64), (3, 24), (2, 33), (1, 7))  # (H, S): real, odd and sub-vector widths
+LAYER_VECTORS = ("w0", "a0", "k_k", "k_a", "v0")
+ROW_VECTORS = ("w", "alpha", "k", "v", "v_first", "v_mix")
+
+
+def gate_inputs(H, S, seed):
+    rng = np.random.default_rng(seed)
+    C = H * S
+    layer = {name: rng.standard_normal(C).astype(np.float32) for name in LAYER_VECTORS}
+    rows = {name: (3 * rng.standard_normal(C)).astype(np.float32) for name in ROW_VECTORS}
+    # edge values where exp and sigmoid saturate, and a head of zeros (the norm's 1e-12 floor)
+    rows["w"][:4] = [-200.0, 200.0, 0.0, -0.0]
+    rows["alpha"][:3] = [-100.0, 100.0, 1e-30]
+    rows["v_mix"][:2] = [-1e4, 1e4]
+    rows["k"][:S] = 0.0
+    return layer, rows
+
+
+def gates_reference(H, S, layer, rows, residual):
+    """v7's per-token work in float64 NumPy (the formulas of rwkvx/reference)."""
+    f = {name: np.asarray(a, dtype=np.float64) for name, a in (layer | rows).items()}
+
+    def sigmoid(x):
+        with np.errstate(over="ignore"):  # e^-x = inf: sigmoid 0, as intended
+            return 1.0 / (1.0 + np.exp(-x))
+
+    w = np.exp(-np.exp(-0.5) * sigmoid(f["w0"] + f["w"]))
+    alpha = sigmoid(f["a0"] + f["alpha"])
+    kk = (f["k"] * f["k_k"]).reshape(H, S)
+    kk = (kk / np.maximum(np.linalg.norm(kk, axis=1, keepdims=True), 1e-12)).reshape(-1)
+    k = f["k"] * (1.0 + (alpha - 1.0) * f["k_a"])
+    v = f["v"] + (f["v_first"] - f["v"]) * sigmoid(f["v0"] + f["v_mix"]) if residual else f["v"]
+    return w, alpha, k, v, kk, -kk, kk * alpha
+
+
+@pytest.mark.parametrize("residual", (True, False))
+@pytest.mark.parametrize("shape", GATE_SHAPES)
+def test_v7_gates_scalar_matches_numpy(shape, residual):
+    layer, rows = gate_inputs(*shape, seed=sum(shape))
+    actual = _core.v7_gates_with("scalar", shape[0], layer, rows, residual)
+    for name, a, e in zip(("w", "alpha", "k", "v", "kk", "a", "b"), actual, gates_reference(*shape, layer, rows,
+                                                                                            residual)):
+        np.testing.assert_allclose(a, e, rtol=2e-6, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("isa", LEVELS)
+@pytest.mark.parametrize("residual", (True, False))
+@pytest.mark.parametrize("shape", GATE_SHAPES)
+def test_v7_gates_level_equals_scalar(isa, shape, residual):
+    if isa not in _core.supported_isas():
+        pytest.skip(f"{isa} is not usable here")
+    layer, rows = gate_inputs(*shape, seed=sum(shape))
+    expected = _core.v7_gates_with("scalar", shape[0], layer, rows, residual)
+    actual = _core.v7_gates_with(isa, shape[0], layer, rows, residual)
+    for name, a, e in zip(("w", "alpha", "k", "v", "kk", "a", "b"), actual, expected):
+        assert np.array_equal(a.view(np.uint32), e.view(np.uint32)), f"{isa} {shape}: {name} differs"
+
+
+def test_v7_gates_refuses_mismatched_sizes():
+    layer, rows = gate_inputs(2, 16, seed=0)
+    with pytest.raises(ValueError):
+        _core.v7_gates_with("scalar", 3, layer, rows, True)
+    rows["k"] = rows["k"][:-1]
+    with pytest.raises(ValueError):
+        _core.v7_gates_with("scalar", 2, layer, rows, True)
 
 
 def activation_blocks(seed):

@@ -111,6 +111,7 @@ static const rwkvx_kernel_table table_ref = {
     .prefers_packed = 0,
     .dequant_row = rwkvx_dequant_row_ref,
     .wkv7_heads = rwkvx_wkv7_heads_ref,
+    .v7_gates = rwkvx_v7_gates_ref,
     .quantize_block = rwkvx_quantize_block_ref,
 };
 #ifdef RWKVX_HAVE_AVX2
@@ -122,6 +123,7 @@ static const rwkvx_kernel_table table_avx2 = {
     .prefers_packed = 0,
     .dequant_row = rwkvx_dequant_row_ref, /* one row per token: not worth a variant */
     .wkv7_heads = rwkvx_wkv7_heads_avx2,
+    .v7_gates = rwkvx_v7_gates_avx2,
     .quantize_block = rwkvx_quantize_block_ref,
 };
 #endif
@@ -134,6 +136,7 @@ static const rwkvx_kernel_table table_avx512 = {
     .prefers_packed = 1,
     .dequant_row = rwkvx_dequant_row_ref,
     .wkv7_heads = rwkvx_wkv7_heads_avx512,
+    .v7_gates = rwkvx_v7_gates_avx512,
     .quantize_block = rwkvx_quantize_block_avx512,
 };
 #endif
@@ -146,6 +149,7 @@ static const rwkvx_kernel_table table_neon = {
     .prefers_packed = 0,
     .dequant_row = rwkvx_dequant_row_ref,
     .wkv7_heads = rwkvx_wkv7_heads_ref,
+    .v7_gates = rwkvx_v7_gates_ref,
     .quantize_block = rwkvx_quantize_block_ref,
 };
 #endif

@@ -443,41 +443,18 @@ typedef struct v7_stage_job {
     int stage;
 } v7_stage_job;
 
-/* Everything between the products and the recurrence, for token t: decay,
- * learning rate, normalized key, value residual and WKV's a and b. One pass
- * per token over rows still in cache; the loops are plain so they vectorize. */
+/* Everything between the products and the recurrence, for token t (see
+ * v7_gates_body.h); layer 0 keeps its values as every later layer's v_first. */
 static void v7_gates(const v7_stage_job *j, int64_t t) {
     const rwkvx_layer *L = j->L;
     scratch *s = j->s;
-    const int64_t C = j->m->n_embd, H = j->m->n_head, S = j->m->head_size, o = t * C;
-    float *w = s->w + o, *alpha = s->alpha + o, *k = s->k + o, *kk = s->kk + o, *v = s->v + o;
-    const float *w0 = vec(L, RWKVX_W0), *a0 = vec(L, RWKVX_A0), *k_k = vec(L, RWKVX_K_K), *k_a = vec(L, RWKVX_K_A);
-    /* decay w = exp(-e^-0.5 * sigmoid(w0 + W2 tanh(W1 xw))), in (e^-0.607, 1) */
-    for (int64_t i = 0; i < C; i++) w[i] = rwkvx_exp_poly(-0.606531f * rwkvx_sigmoid_poly(w0[i] + w[i]));
-    /* in-context learning rate alpha = sigmoid(a0 + A2 A1 xa) */
-    for (int64_t i = 0; i < C; i++) alpha[i] = rwkvx_sigmoid_poly(a0[i] + alpha[i]);
-    /* kk = per-head unit vector of k*k_k; k scaled by the replacement rate */
-    for (int64_t i = 0; i < C; i++) kk[i] = k[i] * k_k[i];
-    for (int64_t h = 0; h < H; h++) {
-        float norm2 = 0.0f;
-        for (int64_t i = h * S; i < (h + 1) * S; i++) norm2 += kk[i] * kk[i];
-        const float inv = 1.0f / fmaxf(sqrtf(norm2), 1e-12f);
-        for (int64_t i = h * S; i < (h + 1) * S; i++) kk[i] *= inv;
-    }
-    for (int64_t i = 0; i < C; i++) k[i] = k[i] * (1.0f + (alpha[i] - 1.0f) * k_a[i]);
-    /* value residual: layer 0 sets v_first, later layers mix towards it */
-    if (j->layer == 0) {
-        memcpy(j->v_first + o, v, (size_t)C * sizeof(float));
-    } else {
-        const float *v0 = vec(L, RWKVX_V0), *v_first = j->v_first + o, *v_mix = s->out + o;
-        for (int64_t i = 0; i < C; i++) v[i] += (v_first[i] - v[i]) * rwkvx_sigmoid_poly(v0[i] + v_mix[i]);
-    }
-    /* WKV's a = -kk and b = kk * alpha, in the mix buffers (no longer needed) */
-    float *a = s->mix[0] + o, *b = s->mix[1] + o;
-    for (int64_t i = 0; i < C; i++) {
-        a[i] = -kk[i];
-        b[i] = kk[i] * alpha[i];
-    }
+    const int64_t o = t * j->m->n_embd;
+    const int first = j->layer == 0;
+    const rwkvx_v7_gates g = {vec(L, RWKVX_W0), vec(L, RWKVX_A0), vec(L, RWKVX_K_K), vec(L, RWKVX_K_A),
+                              first ? NULL : vec(L, RWKVX_V0), j->v_first + o, s->out + o,
+                              s->w + o, s->alpha + o, s->k + o, s->v + o, s->kk + o, s->mix[0] + o, s->mix[1] + o};
+    if (first) memcpy(j->v_first + o, s->v + o, (size_t)j->m->n_embd * sizeof(float));
+    rwkvx_kernels->v7_gates(j->m->n_head, j->m->head_size, &g);
 }
 
 static void v7_stage(void *ctx, int64_t t0, int64_t t1) {

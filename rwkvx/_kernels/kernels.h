@@ -74,6 +74,22 @@ typedef void (*rwkvx_wkv7_heads_fn)(int64_t n_tokens, int64_t n_head, int64_t he
                                     int64_t h_end, const float *r, const float *w, const float *k, const float *v,
                                     const float *a, const float *b, float *state, float *y);
 
+/* One token of v7's vector work between its products and its recurrence
+ * (v7_gates_body.h): every row holds C = n_head * head_size floats. */
+typedef struct rwkvx_v7_gates {
+    const float *w0, *a0, *k_k, *k_a; /* the layer's vectors */
+    const float *v0;                  /* value residual weights; NULL in layer 0 (no residual) */
+    const float *v_first, *v_mix;     /* the first layer's values; V1/V2 low-rank output */
+    float *w;                         /* in: decay low-rank output; out: decay */
+    float *alpha;                     /* in: learning-rate low-rank output; out: learning rate */
+    float *k, *v;                     /* keys, values: updated */
+    float *kk, *a, *b;                /* out: normalized key, WKV's a and b */
+} rwkvx_v7_gates;
+typedef void (*rwkvx_v7_gates_fn)(int64_t n_head, int64_t head_size, const rwkvx_v7_gates *g);
+void rwkvx_v7_gates_ref(int64_t n_head, int64_t head_size, const rwkvx_v7_gates *g);
+void rwkvx_v7_gates_avx2(int64_t n_head, int64_t head_size, const rwkvx_v7_gates *g);
+void rwkvx_v7_gates_avx512(int64_t n_head, int64_t head_size, const rwkvx_v7_gates *g);
+
 /* One block of 32 activations -> int8 quants q, its scale as stored (fp16-rounded)
  * and unrounded, and sum(q): the rules above. Every level's variant gives the
  * same bits (the portable one is the definition). */
@@ -93,6 +109,7 @@ typedef struct rwkvx_kernel_table {
     int prefers_packed;
     rwkvx_dequant_row_fn dequant_row;
     rwkvx_wkv7_heads_fn wkv7_heads;
+    rwkvx_v7_gates_fn v7_gates;
     rwkvx_quantize_block_fn quantize_block;
 } rwkvx_kernel_table;
 

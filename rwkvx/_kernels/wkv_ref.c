@@ -3,6 +3,7 @@
 #include <math.h>
 
 #include "kernels.h"
+#include "v7_gates_body.h"
 #include "wkv7_body.h"
 
 /* v4: per channel, a numerically stable ratio of decayed sums (aa / bb),
@@ -66,3 +67,5 @@ void rwkvx_wkv7_ref(int64_t n_tokens, int64_t n_head, int64_t S,
                     const float *a, const float *b, float *state, float *y) {
     wkv7_heads(n_tokens, n_head, S, 0, n_head, r, w, k, v, a, b, state, y);
 }
+
+void rwkvx_v7_gates_ref(int64_t n_head, int64_t S, const rwkvx_v7_gates *g) { v7_gates(n_head, S, g); }
