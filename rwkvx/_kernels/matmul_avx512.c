@@ -32,6 +32,11 @@
 #ifndef F_PREFETCH_BYTES
 #define F_PREFETCH_BYTES 1024
 #endif
+/* ...and, into L2 only, further ahead: more lines in flight than the L1's fill buffers
+ * allow (as in matmul_packed_avx512.c; measured on the v7 1.5B head and low-rank shapes). */
+#ifndef F_PREFETCH_L2_BYTES
+#define F_PREFETCH_L2_BYTES 4096
+#endif
 #define FORCE_INLINE static inline __attribute__((always_inline))
 
 /* 16 weights of an F32/F16 row from element i; lanes outside m read as zero. */
@@ -65,6 +70,14 @@ FORCE_INLINE __m512 reduce_tile(const __m512 acc[16]) {
     return _mm512_permutexvar_ps(_mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0), f);
 }
 
+/* Where row r of a tile stands `ahead` bytes further on: past the row's end, the same row of
+ * a following tile (tiles of nr rows advance together), so the next tiles' streams start warm.
+ * Past the matrix the address is never read, and a prefetch of it is harmless. */
+FORCE_INLINE const uint8_t *ahead_in_row(const uint8_t *rows, size_t rb, int nr, int r, size_t ahead) {
+    const size_t tiles = ahead / rb;
+    return rows + (tiles * (size_t)nr + (size_t)r) * rb + (ahead - tiles * rb);
+}
+
 /* y[t][o + r] for nr <= F_ROWS rows from `rows` (rb bytes apart) and nt <= F_TOKENS tokens. Two
  * accumulators per output (even and odd steps): at one token the 4 rows' chains alone would leave the
  * multiply-add units waiting on their latency. */
@@ -76,14 +89,17 @@ FORCE_INLINE void float_tile(int type, const uint8_t *rows, size_t rb, int nr, c
     int64_t i = 0;
     for (; i + 32 <= n; i += 32) {
         __m512 w0[F_ROWS], w1[F_ROWS];
-        /* each row F_PREFETCH_BYTES ahead; near its end, the same row of the next tile instead, so
-         * the next tile's streams start warm (past the matrix, a prefetch is harmless) */
-        const size_t ahead = (size_t)i / 16 * step_bytes + F_PREFETCH_BYTES;
+        const size_t done = (size_t)i / 16 * step_bytes;
         for (int r = 0; r < nr; r++) {
             const uint8_t *row = rows + r * rb;
-            const uint8_t *p = ahead < rb ? row + ahead : rows + (size_t)(nr + r) * rb + (ahead - rb);
-            _mm_prefetch((const char *)p, _MM_HINT_T0);
-            if (type == RWKVX_TYPE_F32) _mm_prefetch((const char *)(p + 64), _MM_HINT_T0);
+            const uint8_t *near = ahead_in_row(rows, rb, nr, r, done + F_PREFETCH_BYTES);
+            const uint8_t *far = ahead_in_row(rows, rb, nr, r, done + F_PREFETCH_L2_BYTES);
+            _mm_prefetch((const char *)near, _MM_HINT_T0);
+            _mm_prefetch((const char *)far, _MM_HINT_T1);
+            if (type == RWKVX_TYPE_F32) {
+                _mm_prefetch((const char *)(near + 64), _MM_HINT_T0);
+                _mm_prefetch((const char *)(far + 64), _MM_HINT_T1);
+            }
             w0[r] = load_weights_full(type, row, i);
             w1[r] = load_weights_full(type, row, i + 16);
         }
