@@ -108,7 +108,7 @@ cdef extern from "kernels.h" nogil:
         void (*wkv7_heads)(int64_t n_tokens, int64_t n_head, int64_t head_size, int64_t h_begin, int64_t h_end,
                            const float *r, const float *w, const float *k, const float *v, const float *a,
                            const float *b, float *state, float *y) nogil
-        void (*v7_gates)(int64_t n_head, int64_t head_size, const rwkvx_v7_gates *g) nogil
+        void (*v7_gates)(int64_t h_begin, int64_t h_end, int64_t head_size, const rwkvx_v7_gates *g) nogil
         void (*quantize_block)(const float *x, int8_t *q, float *d_stored, float *d_exact, int32_t *sum) nogil
     const rwkvx_kernel_table *rwkvx_kernels
     enum: RWKVX_ISA_OK
@@ -299,19 +299,23 @@ def wkv7_with(str isa, const float[:, ::1] r, const float[:, ::1] w, const float
     return y
 
 
-def v7_gates_with(str isa, int n_head, layer, rows, bint residual):
+def v7_gates_with(str isa, int n_head, layer, rows, bint residual, heads=None):
     """One token of v7's vector work between products and recurrence with one level's code (for tests).
 
     layer: float32 [C] arrays w0, a0, k_k, k_a, v0; rows: float32 [C] arrays w, alpha, k, v (the low-rank
     and product outputs) and v_first, v_mix; C = n_head * head_size. residual=False is layer 0 (no
-    value residual). Returns new arrays (w, alpha, k, v, kk, a, b)."""
+    value residual). heads: (begin, end) to compute only those heads' channels (default: all); the
+    others are returned as given (kk, a, b: zeros). Returns new arrays (w, alpha, k, v, kk, a, b)."""
     cdef const rwkvx_kernel_table *table = _usable_table(isa)
     names = ("w0", "a0", "k_k", "k_a", "v0", "w", "alpha", "k", "v", "v_first", "v_mix")
     arrays = {name: np.array((layer | rows)[name], dtype=np.float32, copy=True).reshape(-1) for name in names}
     cdef int64_t C = arrays["w0"].shape[0]
     if n_head <= 0 or C % n_head or any(a.shape[0] != C for a in arrays.values()):
         raise ValueError("every array must hold n_head * head_size floats")
-    out = {name: np.empty(C, dtype=np.float32) for name in ("kk", "a", "b")}
+    cdef int64_t h_begin = 0 if heads is None else heads[0], h_end = n_head if heads is None else heads[1]
+    if not 0 <= h_begin < h_end <= n_head:
+        raise ValueError(f"heads must be a range within [0, {n_head})")
+    out = {name: np.zeros(C, dtype=np.float32) for name in ("kk", "a", "b")}
     cdef float[::1] w0 = arrays["w0"], a0 = arrays["a0"], k_k = arrays["k_k"], k_a = arrays["k_a"]
     cdef float[::1] v0 = arrays["v0"], v_first = arrays["v_first"], v_mix = arrays["v_mix"]
     cdef float[::1] w = arrays["w"], alpha = arrays["alpha"], k = arrays["k"], v = arrays["v"]
@@ -322,7 +326,7 @@ def v7_gates_with(str isa, int n_head, layer, rows, bint residual):
     g.v_first, g.v_mix = &v_first[0], &v_mix[0]
     g.w, g.alpha, g.k, g.v, g.kk, g.a, g.b = &w[0], &alpha[0], &k[0], &v[0], &kk[0], &a[0], &b[0]
     with nogil:
-        table.v7_gates(n_head, C // n_head, &g)
+        table.v7_gates(h_begin, h_end, C // n_head, &g)
     return arrays["w"], arrays["alpha"], arrays["k"], arrays["v"], out["kk"], out["a"], out["b"]
 
 

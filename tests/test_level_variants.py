@@ -107,10 +107,30 @@ def test_v7_gates_level_equals_scalar(isa, shape, residual):
         assert np.array_equal(a.view(np.uint32), e.view(np.uint32)), f"{isa} {shape}: {name} differs"
 
 
+@pytest.mark.parametrize("isa", ("scalar",) + LEVELS)
+def test_v7_gates_by_head_ranges_equals_one_call(isa):
+    """Threads split the work by heads: two ranges together must give exactly the whole call."""
+    if isa not in _core.supported_isas():
+        pytest.skip(f"{isa} is not usable here")
+    H, S = 5, 24
+    layer, rows = gate_inputs(H, S, seed=7)
+    whole = _core.v7_gates_with(isa, H, layer, rows, True)
+    first = _core.v7_gates_with(isa, H, layer, rows, True, heads=(0, 2))
+    second = _core.v7_gates_with(isa, H, layer, rows, True, heads=(2, 5))
+    cut = 2 * S
+    for name, w, a, b in zip(("w", "alpha", "k", "v", "kk", "a", "b"), whole, first, second):
+        joined = np.concatenate([a[:cut], b[cut:]])
+        assert np.array_equal(joined.view(np.uint32), w.view(np.uint32)), f"{isa}: {name} differs"
+    # outside its range a call leaves the channels alone
+    assert np.array_equal(first[0][cut:], rows["w"][cut:]) and not np.array_equal(first[0][:cut], rows["w"][:cut])
+
+
 def test_v7_gates_refuses_mismatched_sizes():
     layer, rows = gate_inputs(2, 16, seed=0)
     with pytest.raises(ValueError):
         _core.v7_gates_with("scalar", 3, layer, rows, True)
+    with pytest.raises(ValueError):
+        _core.v7_gates_with("scalar", 2, layer, rows, True, heads=(1, 3))
     rows["k"] = rows["k"][:-1]
     with pytest.raises(ValueError):
         _core.v7_gates_with("scalar", 2, layer, rows, True)

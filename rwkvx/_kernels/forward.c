@@ -409,98 +409,91 @@ static void lora(const rwkvx_model *m, const rwkvx_tensor *w1, const rwkvx_tenso
     matmul(m, w2, hidden, D, T, y, w2->n_rows);
 }
 
-/* The v7 recurrence for a range of heads (a pool task): each head's state and
- * outputs are its own, and each is computed exactly as in one serial call. */
-typedef struct wkv7_job {
-    int64_t T, H, S;
-    const float *r, *w, *k, *v, *a, *b;
-    const row_states *rs;
-    size_t heads_offset; /* of the layer's head states in a row's state */
-    float *y;
-} wkv7_job;
-
-static void wkv7_heads_task(void *ctx, int64_t begin, int64_t end) {
-    const wkv7_job *j = ctx;
-    const int64_t C = j->H * j->S;
-    const int64_t steps = j->rs->sequential ? 1 : j->T, step_T = j->rs->sequential ? j->T : 1;
-    for (int64_t t = 0; t < steps; t++) { /* one call over all rows, or one per independent row */
-        const int64_t o = t * C;
-        rwkvx_kernels->wkv7_heads(step_T, j->H, j->S, begin, end, j->r + o, j->w + o, j->k + o, j->v + o, j->a + o,
-                         j->b + o, row_state(j->rs, t, j->heads_offset), j->y + o);
-    }
-}
-
-/* The elementwise stretches of v7 time mixing, each over a range of tokens so
- * that long calls can split them between threads: every element is computed by
- * the same code whichever thread or range it falls in. */
-enum { V7_MIX, V7_GATES, V7_BONUS };
-typedef struct v7_stage_job {
+/* v7 time mixing after the products, split by heads (pool tasks): a head's
+ * channels of every vector are its own, and the products' outputs were split
+ * between threads at the same head boundaries, so each thread mostly reads
+ * what it has just written. Every element is computed by the same code
+ * whichever thread or range of heads it falls in. */
+typedef struct v7_heads_job {
     const rwkvx_model *m;
     const rwkvx_layer *L;
     scratch *s;
-    float *v_first;
+    int64_t T;
     int32_t layer;
-    int stage;
-} v7_stage_job;
+    float *v_first;
+    const row_states *rs;
+    size_t heads_offset; /* of the layer's head states in a row's state */
+} v7_heads_job;
 
-/* Everything between the products and the recurrence, for token t (see
- * v7_gates_body.h); layer 0 keeps its values as every later layer's v_first. */
-static void v7_gates(const v7_stage_job *j, int64_t t) {
+/* Everything between the products and the recurrence (v7_gates_body.h); layer 0
+ * keeps its values as every later layer's v_first. */
+static void v7_gates_task(void *ctx, int64_t h0, int64_t h1) {
+    const v7_heads_job *j = ctx;
     const rwkvx_layer *L = j->L;
     scratch *s = j->s;
-    const int64_t o = t * j->m->n_embd;
+    const int64_t C = j->m->n_embd, S = j->m->head_size;
     const int first = j->layer == 0;
-    const rwkvx_v7_gates g = {vec(L, RWKVX_W0), vec(L, RWKVX_A0), vec(L, RWKVX_K_K), vec(L, RWKVX_K_A),
-                              first ? NULL : vec(L, RWKVX_V0), j->v_first + o, s->out + o,
-                              s->w + o, s->alpha + o, s->k + o, s->v + o, s->kk + o, s->mix[0] + o, s->mix[1] + o};
-    if (first) memcpy(j->v_first + o, s->v + o, (size_t)j->m->n_embd * sizeof(float));
-    rwkvx_kernels->v7_gates(j->m->n_head, j->m->head_size, &g);
+    for (int64_t t = 0; t < j->T; t++) {
+        const int64_t o = t * C;
+        const rwkvx_v7_gates g = {vec(L, RWKVX_W0), vec(L, RWKVX_A0), vec(L, RWKVX_K_K), vec(L, RWKVX_K_A),
+                                  first ? NULL : vec(L, RWKVX_V0), j->v_first + o, s->out + o,
+                                  s->w + o, s->alpha + o, s->k + o, s->v + o, s->kk + o, s->mix[0] + o,
+                                  s->mix[1] + o};
+        if (first) memcpy(j->v_first + o + h0 * S, s->v + o + h0 * S, (size_t)((h1 - h0) * S) * sizeof(float));
+        rwkvx_kernels->v7_gates(h0, h1, S, &g);
+    }
 }
 
-static void v7_stage(void *ctx, int64_t t0, int64_t t1) {
-    const v7_stage_job *j = ctx;
+/* The recurrence, then per head: group norm, y += (sum_j r k r_k) v, gate. */
+static void v7_wkv_task(void *ctx, int64_t h0, int64_t h1) {
+    const v7_heads_job *j = ctx;
     const rwkvx_layer *L = j->L;
     scratch *s = j->s;
-    const int64_t C = j->m->n_embd, H = j->m->n_head, S = j->m->head_size;
-    const int64_t n = t1 - t0, e0 = t0 * C; /* rows [t0, t1) start at element e0 */
-    switch (j->stage) {
-    case V7_MIX: {
-        const float *x_rwkvag = vec(L, RWKVX_X_RWKVAG);
-        for (int c = 0; c < 6; c++) delta_mix(s->a + e0, s->prev + e0, x_rwkvag + c * C, n, C, s->mix[c] + e0);
-        return;
+    const int64_t H = j->m->n_head, S = j->m->head_size, C = H * S;
+    const int64_t steps = j->rs->sequential ? 1 : j->T, step_T = j->rs->sequential ? j->T : 1;
+    const float *a = s->mix[0], *b = s->mix[1]; /* WKV's a and b (v7_gates_task) */
+    for (int64_t t = 0; t < steps; t++) { /* one call over all rows, or one per independent row */
+        const int64_t o = t * C;
+        rwkvx_kernels->wkv7_heads(step_T, H, S, h0, h1, s->r + o, s->w + o, s->k + o, s->v + o, a + o, b + o,
+                                  row_state(j->rs, t, j->heads_offset), s->y + o);
     }
-    case V7_GATES:
-        for (int64_t t = t0; t < t1; t++) v7_gates(j, t);
-        return;
-    default: { /* V7_BONUS: y_h += (sum_j r k r_k) v_h, then gate */
-        const float *r_k = vec(L, RWKVX_R_K);
-        for (int64_t t = t0; t < t1; t++)
-            for (int64_t h = 0; h < H; h++) {
-                const int64_t o = t * C + h * S;
-                float bonus = 0.0f;
-                for (int64_t jj = 0; jj < S; jj++) bonus += s->r[o + jj] * s->k[o + jj] * r_k[h * S + jj];
-                for (int64_t jj = 0; jj < S; jj++) s->y[o + jj] = (s->y[o + jj] + bonus * s->v[o + jj]) * s->g[o + jj];
-            }
-        return;
-    }
-    }
+    const float *ln_w = vec(L, RWKVX_LNX_W), *ln_b = vec(L, RWKVX_LNX_B), *r_k = vec(L, RWKVX_R_K);
+    for (int64_t t = 0; t < j->T; t++)
+        for (int64_t h = h0; h < h1; h++) {
+            const int64_t c = h * S, o = t * C + c;
+            float *y = s->y + o;
+            rwkvx_group_norm_ref(y, y, 1, 1, S, ln_w + c, ln_b + c, j->m->group_norm_eps);
+            float bonus = 0.0f;
+            for (int64_t i = 0; i < S; i++) bonus += s->r[o + i] * s->k[o + i] * r_k[c + i];
+            for (int64_t i = 0; i < S; i++) y[i] = (y[i] + bonus * s->v[o + i]) * s->g[o + i];
+        }
 }
 
-static void run_v7_stage(const rwkvx_model *m, const rwkvx_layer *L, int32_t layer, scratch *s, float *v_first,
-                         int64_t T, int stage) {
-    v7_stage_job job = {m, L, s, v_first, layer, stage};
-    if (m->pool != NULL && T >= PARALLEL_ROWS_MIN_TOKENS)
-        rwkvx_pool_run(m->pool, v7_stage, &job, T, 1);
-    else
-        v7_stage(&job, 0, T);
+/* The six token-shift mixes of v7, for tokens [t0, t1). */
+typedef struct v7_mix_job {
+    const rwkvx_layer *L;
+    scratch *s;
+    int64_t C;
+} v7_mix_job;
+
+static void v7_mix_task(void *ctx, int64_t t0, int64_t t1) {
+    const v7_mix_job *j = ctx;
+    scratch *s = j->s;
+    const int64_t C = j->C, e0 = t0 * C; /* rows [t0, t1) start at element e0 */
+    const float *x_rwkvag = vec(j->L, RWKVX_X_RWKVAG);
+    for (int c = 0; c < 6; c++) delta_mix(s->a + e0, s->prev + e0, x_rwkvag + c * C, t1 - t0, C, s->mix[c] + e0);
 }
 
 static void time_mix_v7(const rwkvx_model *m, const rwkvx_layer *L, int32_t layer, scratch *s, int64_t T,
                         const row_states *rs, size_t layer_offset, float *v_first) {
-    const int64_t C = m->n_embd, H = m->n_head, S = m->head_size;
-    run_v7_stage(m, L, layer, s, v_first, T, V7_MIX);
+    const int64_t C = m->n_embd, H = m->n_head;
+    v7_mix_job mix = {L, s, C};
+    if (m->pool != NULL && T >= PARALLEL_ROWS_MIN_TOKENS)
+        rwkvx_pool_run(m->pool, v7_mix_task, &mix, T, 1);
+    else
+        v7_mix_task(&mix, 0, T);
     float *xr = s->mix[0], *xw = s->mix[1], *xk = s->mix[2], *xv = s->mix[3], *xa = s->mix[4], *xg = s->mix[5];
-    /* every product first (their inputs are the mixes), then the elementwise work in one pass */
+    /* every product first (their inputs are the mixes), then the per-head work */
     matmul(m, mat(L, RWKVX_ATT_R), xr, C, T, s->r, C);
     matmul(m, mat(L, RWKVX_ATT_K), xk, C, T, s->k, C);
     matmul(m, mat(L, RWKVX_ATT_V), xv, C, T, s->v, C);
@@ -508,11 +501,9 @@ static void time_mix_v7(const rwkvx_model *m, const rwkvx_layer *L, int32_t laye
     lora(m, mat(L, RWKVX_A1), mat(L, RWKVX_A2), xa, T, LORA_LINEAR, s->hidden, s->alpha);
     lora(m, mat(L, RWKVX_G1), mat(L, RWKVX_G2), xg, T, LORA_SIGMOID, s->hidden, s->g); /* gate g = G2 sigmoid(G1 xg) */
     if (layer > 0) lora(m, mat(L, RWKVX_V1), mat(L, RWKVX_V2), xv, T, LORA_LINEAR, s->hidden, s->out);
-    run_v7_stage(m, L, layer, s, v_first, T, V7_GATES);
-    wkv7_job wkv = {T, H, S, s->r, s->w, s->k, s->v, s->mix[0], s->mix[1], rs, layer_offset + 2 * (size_t)C, s->y};
-    rwkvx_pool_run(m->pool, wkv7_heads_task, &wkv, H, 1); /* heads are independent: one range per thread */
-    group_norm(m, s->y, T, vec(L, RWKVX_LNX_W), vec(L, RWKVX_LNX_B));
-    run_v7_stage(m, L, layer, s, v_first, T, V7_BONUS);
+    v7_heads_job heads = {m, L, s, T, layer, v_first, rs, layer_offset + 2 * (size_t)C};
+    rwkvx_pool_run(m->pool, v7_gates_task, &heads, H, 1);
+    rwkvx_pool_run(m->pool, v7_wkv_task, &heads, H, 1);
     matmul(m, mat(L, RWKVX_ATT_O), s->y, C, T, s->out, C);
 }
 

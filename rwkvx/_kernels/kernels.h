@@ -75,7 +75,8 @@ typedef void (*rwkvx_wkv7_heads_fn)(int64_t n_tokens, int64_t n_head, int64_t he
                                     const float *a, const float *b, float *state, float *y);
 
 /* One token of v7's vector work between its products and its recurrence
- * (v7_gates_body.h): every row holds C = n_head * head_size floats. */
+ * (v7_gates_body.h), for heads [h_begin, h_end): every row holds all the
+ * n_head * head_size channels, and only the range's channels are read or written. */
 typedef struct rwkvx_v7_gates {
     const float *w0, *a0, *k_k, *k_a; /* the layer's vectors */
     const float *v0;                  /* value residual weights; NULL in layer 0 (no residual) */
@@ -85,10 +86,10 @@ typedef struct rwkvx_v7_gates {
     float *k, *v;                     /* keys, values: updated */
     float *kk, *a, *b;                /* out: normalized key, WKV's a and b */
 } rwkvx_v7_gates;
-typedef void (*rwkvx_v7_gates_fn)(int64_t n_head, int64_t head_size, const rwkvx_v7_gates *g);
-void rwkvx_v7_gates_ref(int64_t n_head, int64_t head_size, const rwkvx_v7_gates *g);
-void rwkvx_v7_gates_avx2(int64_t n_head, int64_t head_size, const rwkvx_v7_gates *g);
-void rwkvx_v7_gates_avx512(int64_t n_head, int64_t head_size, const rwkvx_v7_gates *g);
+typedef void (*rwkvx_v7_gates_fn)(int64_t h_begin, int64_t h_end, int64_t head_size, const rwkvx_v7_gates *g);
+void rwkvx_v7_gates_ref(int64_t h_begin, int64_t h_end, int64_t head_size, const rwkvx_v7_gates *g);
+void rwkvx_v7_gates_avx2(int64_t h_begin, int64_t h_end, int64_t head_size, const rwkvx_v7_gates *g);
+void rwkvx_v7_gates_avx512(int64_t h_begin, int64_t h_end, int64_t head_size, const rwkvx_v7_gates *g);
 
 /* One block of 32 activations -> int8 quants q, its scale as stored (fp16-rounded)
  * and unrounded, and sum(q): the rules above. Every level's variant gives the

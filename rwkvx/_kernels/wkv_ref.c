@@ -68,4 +68,6 @@ void rwkvx_wkv7_ref(int64_t n_tokens, int64_t n_head, int64_t S,
     wkv7_heads(n_tokens, n_head, S, 0, n_head, r, w, k, v, a, b, state, y);
 }
 
-void rwkvx_v7_gates_ref(int64_t n_head, int64_t S, const rwkvx_v7_gates *g) { v7_gates(n_head, S, g); }
+void rwkvx_v7_gates_ref(int64_t h_begin, int64_t h_end, int64_t S, const rwkvx_v7_gates *g) {
+    v7_gates(h_begin, h_end, S, g);
+}
