@@ -188,6 +188,9 @@ void rwkvx_matmul_avx512(const rwkvx_tensor *w, const float *x, int64_t ldx, int
 #ifndef Q_PREFETCH_BYTES
 #define Q_PREFETCH_BYTES 768 /* ahead of each row's current pair (tuned on the 4096-wide products) */
 #endif
+#ifndef Q_PREFETCH_L2_BYTES
+#define Q_PREFETCH_L2_BYTES 4096 /* and into L2 only, further ahead (as the packed products) */
+#endif
 
 /* 32 nibble codes of each of two blocks (qs0, and qs1 or zeros) as one zmm:
  * [qs0 & 15, qs0 >> 4, qs1 & 15, qs1 >> 4]. Each 16-byte half is broadcast
@@ -273,6 +276,7 @@ FORCE_INLINE void q8_tile(int type, const uint8_t *row, size_t row_bytes, int nr
             /* rows are separate streams that advance a few dozen bytes per step: without a
              * prefetch the loop waits on memory latency long before it reaches bandwidth */
             _mm_prefetch((const char *)(row + r * row_bytes + b * block + Q_PREFETCH_BYTES), _MM_HINT_T0);
+            _mm_prefetch((const char *)(row + r * row_bytes + b * block + Q_PREFETCH_L2_BYTES), _MM_HINT_T1);
             decode_pair(type, row + r * row_bytes + b * block, block, b + 1 < nb, &u[r], &dw[r], &mw[r]);
         }
         for (int t = 0; t < nt; t++) {
