@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dot_lanes.h"
 #include "kernels.h"
 
 void rwkvx_dequant_row_ref(const rwkvx_tensor *w, int64_t row, float *out) {
@@ -28,17 +29,6 @@ void rwkvx_dequant_row_ref(const rwkvx_tensor *w, int64_t row, float *out) {
         for (int64_t b = 0; b < n / RWKVX_QK; b++) rwkvx_dequant_block(w->type, src, (size_t)b, out + b * RWKVX_QK);
         return;
     }
-}
-
-/* Eight interleaved partial sums, combined in a fixed tree: deterministic,
- * and short dependency chains let the compiler keep several multiplies in flight. */
-static float dot_f32(const float *a, const float *b, int64_t n) {
-    float acc[8] = {0};
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++) acc[j] += a[i + j] * b[i + j];
-    for (int j = 0; i < n; i++, j++) acc[j] += a[i] * b[i];
-    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
 }
 
 /* Block b of a quantized row as signed codes q[32] (weight = d*q (+ m)), with d and m. */
@@ -132,7 +122,7 @@ void rwkvx_matmul_ref(const rwkvx_tensor *w, const float *x, int64_t ldx,
     if (row == NULL) abort(); /* allocation of one row: only on exhausted memory */
     for (int64_t o = 0; o < w->n_rows; o++) {
         rwkvx_dequant_row_ref(w, o, row);
-        for (int64_t t = 0; t < n_tokens; t++) y[t * ldy + o] = dot_f32(row, x + t * ldx, w->n_in);
+        for (int64_t t = 0; t < n_tokens; t++) y[t * ldy + o] = dot_lanes(row, x + t * ldx, w->n_in);
     }
     if (row != stack_row) free(row);
 }

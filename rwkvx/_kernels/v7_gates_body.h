@@ -10,9 +10,9 @@
 
 #include <math.h>
 
+#include "dot_lanes.h"
 #include "exp_poly.h"
 #include "kernels.h"
-#include "wkv7_body.h"
 
 /* Heads [h_begin, h_end): channels [h_begin * S, h_end * S) of every row. */
 static inline void v7_gates(int64_t h_begin, int64_t h_end, int64_t S, const rwkvx_v7_gates *g) {

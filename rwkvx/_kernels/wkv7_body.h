@@ -9,18 +9,7 @@
 
 #include <stdint.h>
 
-/* sum_j x[j] y[j] as eight interleaved partial sums combined in a fixed tree:
- * the same order on every call (so results never depend on T or threads), and
- * independent chains the compiler turns into vector operations; one running
- * sum would make the v7 recurrence a chain of dependent additions. */
-static inline float dot_lanes(const float *x, const float *y, int64_t n) {
-    float acc[8] = {0};
-    int64_t j = 0;
-    for (; j + 8 <= n; j += 8)
-        for (int l = 0; l < 8; l++) acc[l] += x[j + l] * y[j + l];
-    for (int l = 0; j < n; j++, l++) acc[l] += x[j] * y[j];
-    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-}
+#include "dot_lanes.h"
 
 #define WKV_ROWS 4
 
