@@ -24,30 +24,24 @@ static inline void wkv7_heads(int64_t n_tokens, int64_t n_head, int64_t S, int64
         for (int64_t h = h_begin; h < h_end; h++) {
             float *M = state + h * S * S;
             const int64_t o = base + h * S;
-            int64_t i = 0;
             /* rows are independent: WKV_ROWS at a time, so that their sums' chains of additions
              * overlap instead of each waiting on the last (each row's floats are unchanged) */
-            for (; i + WKV_ROWS <= S; i += WKV_ROWS) {
+            for (int64_t i = 0; i < S; i += WKV_ROWS) {
+                const int rows = S - i < WKV_ROWS ? (int)(S - i) : WKV_ROWS;
                 /* the state streams from memory (a layer's is 512 KB on v7 1.5B): rows 2 and 4 KB
                  * ahead, past this head into the next one's, as the matrix products do */
-                for (int64_t line = 0; line < WKV_ROWS * S; line += 16) {
+                for (int64_t line = 0; line < rows * S; line += 16) {
                     __builtin_prefetch(M + i * S + 512 + line, 1, 3);
                     __builtin_prefetch(M + i * S + 1024 + line, 1, 2);
                 }
                 float sa[WKV_ROWS];
-                for (int q = 0; q < WKV_ROWS; q++) sa[q] = dot_lanes(a + o, M + (i + q) * S, S);
-                for (int q = 0; q < WKV_ROWS; q++) {
+                for (int q = 0; q < rows; q++) sa[q] = dot_lanes(a + o, M + (i + q) * S, S);
+                for (int q = 0; q < rows; q++) {
                     float *Mi = M + (i + q) * S;
                     for (int64_t j = 0; j < S; j++)
                         Mi[j] = Mi[j] * w[o + j] + v[o + i + q] * k[o + j] + sa[q] * b[o + j];
                 }
-                for (int q = 0; q < WKV_ROWS; q++) y[o + i + q] = dot_lanes(M + (i + q) * S, r + o, S);
-            }
-            for (; i < S; i++) {
-                float *Mi = M + i * S;
-                const float sa = dot_lanes(a + o, Mi, S);
-                for (int64_t j = 0; j < S; j++) Mi[j] = Mi[j] * w[o + j] + v[o + i] * k[o + j] + sa * b[o + j];
-                y[o + i] = dot_lanes(Mi, r + o, S);
+                for (int q = 0; q < rows; q++) y[o + i + q] = dot_lanes(M + (i + q) * S, r + o, S);
             }
         }
     }
