@@ -141,7 +141,6 @@ def measure_one(path: str, threads: int, n_tokens: int) -> dict:
     """Everything about one model file; run in its own process."""
     import rwkvx
     from rwkvx import _core
-    from models import bytes_read_per_token
 
     start = time.perf_counter()
     model = rwkvx.load(path, threads=threads)

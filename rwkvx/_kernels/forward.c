@@ -33,8 +33,6 @@ typedef struct scratch {
     void *block;
 } scratch;
 
-static float sigmoidf(float x) { return rwkvx_sigmoid_poly(x); }
-
 static const float *vec(const rwkvx_layer *L, int slot) { return (const float *)L->t[slot].data; }
 static const rwkvx_tensor *mat(const rwkvx_layer *L, int slot) { return &L->t[slot]; }
 
@@ -239,7 +237,7 @@ static void rows_task(void *ctx, int64_t begin, int64_t end) {
         for (int64_t i = e0; i < e1; i++) out[i] = tanhf(x[i]);
         return;
     default:
-        for (int64_t i = e0; i < e1; i++) out[i] = sigmoidf(x[i]);
+        for (int64_t i = e0; i < e1; i++) out[i] = rwkvx_sigmoid_poly(x[i]);
         return;
     }
 }
@@ -296,7 +294,7 @@ static void channel_mix(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
     matmul(m, mat(L, RWKVX_FFN_V), s->hidden, F, T, s->out, C);
     if (m->arch != RWKVX_ARCH_V7) {
         matmul(m, mat(L, RWKVX_FFN_R), xr, C, T, s->r, C);
-        for (int64_t i = 0; i < T * C; i++) s->out[i] *= sigmoidf(s->r[i]);
+        for (int64_t i = 0; i < T * C; i++) s->out[i] *= rwkvx_sigmoid_poly(s->r[i]);
     }
     add_rows(x, s->out, T * C);
 }
@@ -319,7 +317,7 @@ static void time_mix_v4(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
         rwkvx_wkv4_ref(step_T, C, s->k + t * C, s->v + t * C, vec(L, RWKVX_ATT_FIRST), vec(L, RWKVX_ATT_DECAY),
                        st + 2 * C, st + 3 * C, st + 4 * C, s->y + t * C);
     }
-    for (int64_t i = 0; i < T * C; i++) s->y[i] *= sigmoidf(s->r[i]);
+    for (int64_t i = 0; i < T * C; i++) s->y[i] *= rwkvx_sigmoid_poly(s->r[i]);
     matmul(m, mat(L, RWKVX_ATT_O), s->y, C, T, s->out, C);
 }
 
@@ -350,7 +348,7 @@ static void time_mix_v5(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
     if (v52) {
         lerp_mix(s->a, s->prev, vec(L, RWKVX_ATT_MIX_G), T, C, xg);
         matmul(m, mat(L, RWKVX_ATT_G), xg, C, T, s->g, C);
-        for (int64_t i = 0; i < T * C; i++) s->y[i] *= s->g[i] * sigmoidf(s->g[i]);
+        for (int64_t i = 0; i < T * C; i++) s->y[i] *= s->g[i] * rwkvx_sigmoid_poly(s->g[i]);
     }
     matmul(m, mat(L, RWKVX_ATT_O), s->y, C, T, s->out, C);
 }
@@ -392,7 +390,7 @@ static void time_mix_v6(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
         for (int64_t i = 0; i < C; i++) s->w[t * C + i] = rwkvx_exp_poly(-rwkvx_exp_poly(decay[i] + s->w[t * C + i]));
     wkv5_rows(m, s, T, vec(L, RWKVX_ATT_FAAAA), s->w, C, rs, layer_offset);
     group_norm(m, s->y, T, vec(L, RWKVX_LNX_W), vec(L, RWKVX_LNX_B));
-    for (int64_t i = 0; i < T * C; i++) s->y[i] *= s->g[i] * sigmoidf(s->g[i]);
+    for (int64_t i = 0; i < T * C; i++) s->y[i] *= s->g[i] * rwkvx_sigmoid_poly(s->g[i]);
     matmul(m, mat(L, RWKVX_ATT_O), s->y, C, T, s->out, C);
 }
 
