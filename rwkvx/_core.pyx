@@ -222,11 +222,8 @@ def matmul_with(str isa, int type_id, raw, int n_in, int n_rows, const float[:, 
     cdef const rwkvx_kernel_table *table = _usable_table(isa)
     cdef const unsigned char[::1] view = raw
     _check_matrix(type_id, view.shape[0], n_in, n_rows)
-    if x.shape[0] == 0 or x.shape[1] != n_in:
-        raise ValueError(f"x must be float32 [T, {n_in}] with T > 0")
-    cdef rwkvx_tensor w
-    w.data = &view[0]
-    w.type, w.n_in, w.n_rows, w.layout = type_id, n_in, n_rows, RWKVX_LAYOUT_ROWS
+    _check_activations(x, n_in)
+    cdef rwkvx_tensor w = _tensor_over(view, type_id, n_in, n_rows, RWKVX_LAYOUT_ROWS)
     out = np.empty((x.shape[0], n_rows), dtype=np.float32)
     cdef float[:, ::1] ov = out
     cdef int64_t T = x.shape[0]
@@ -265,11 +262,8 @@ def matmul_packed_with(str isa, int type_id, packed, int n_in, int n_rows, const
         raise ValueError("a packed matrix is quantized, with n_in a positive multiple of 32")
     if <size_t>view.shape[0] != rwkvx_packed_bytes(type_id, n_in, n_rows):
         raise ValueError(f"packed has {view.shape[0]} bytes, expected {rwkvx_packed_bytes(type_id, n_in, n_rows)}")
-    if x.shape[0] == 0 or x.shape[1] != n_in:
-        raise ValueError(f"x must be float32 [T, {n_in}] with T > 0")
-    cdef rwkvx_tensor w
-    w.data = &view[0]
-    w.type, w.n_in, w.n_rows, w.layout = type_id, n_in, n_rows, RWKVX_LAYOUT_PACKED16
+    _check_activations(x, n_in)
+    cdef rwkvx_tensor w = _tensor_over(view, type_id, n_in, n_rows, RWKVX_LAYOUT_PACKED16)
     out = np.empty((x.shape[0], n_rows), dtype=np.float32)
     cdef float[:, ::1] ov = out
     cdef int64_t T = x.shape[0]
@@ -353,6 +347,19 @@ cdef _check_matrix(int type_id, size_t n_bytes, int n_in, int n_rows):
     cdef size_t need = rwkvx_row_bytes(type_id, n_in) * <size_t>n_rows
     if n_in <= 0 or n_rows <= 0 or need == 0 or n_bytes != need:
         raise ValueError(f"buffer has {n_bytes} bytes, expected {need} for {n_rows} rows of {n_in}")
+
+
+cdef _check_activations(const float[:, ::1] x, int n_in):
+    if x.shape[0] == 0 or x.shape[1] != n_in:
+        raise ValueError(f"x must be float32 [T, {n_in}] with T > 0")
+
+
+cdef rwkvx_tensor _tensor_over(const unsigned char[::1] view, int type_id, int n_in, int n_rows, int layout):
+    """A matrix over a checked buffer (for the test hooks' products)."""
+    cdef rwkvx_tensor w
+    w.data = &view[0]
+    w.type, w.n_in, w.n_rows, w.layout = type_id, n_in, n_rows, layout
+    return w
 
 
 def row_bytes(int type_id, size_t n):
