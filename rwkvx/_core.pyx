@@ -109,7 +109,8 @@ cdef extern from "kernels.h" nogil:
                            const float *r, const float *w, const float *k, const float *v, const float *a,
                            const float *b, float *state, float *y) nogil
         void (*v7_gates)(int64_t h_begin, int64_t h_end, int64_t head_size, const rwkvx_v7_gates *g) nogil
-        void (*quantize_block)(const float *x, int8_t *q, float *d_stored, float *d_exact, int32_t *sum) nogil
+        void (*quantize_blocks)(const float *x, int64_t n_blocks, int8_t *q, float *d_stored, float *d_exact,
+                                int32_t *sum) nogil
     const rwkvx_kernel_table *rwkvx_kernels
     enum: RWKVX_ISA_OK
     enum: RWKVX_ISA_UNKNOWN
@@ -330,7 +331,7 @@ def quantize_blocks_with(str isa, const float[::1] x):
     cdef const rwkvx_kernel_table *table = _usable_table(isa)
     if x.shape[0] == 0 or x.shape[0] % 32:
         raise ValueError("x must hold a positive multiple of 32 floats")
-    cdef int64_t n = x.shape[0] // 32, i
+    cdef int64_t n = x.shape[0] // 32
     q = np.empty(x.shape[0], dtype=np.int8)
     d_stored, d_exact = np.empty(n, dtype=np.float32), np.empty(n, dtype=np.float32)
     sums = np.empty(n, dtype=np.int32)
@@ -338,8 +339,7 @@ def quantize_blocks_with(str isa, const float[::1] x):
     cdef float[::1] sv = d_stored, ev = d_exact
     cdef int32_t[::1] uv = sums
     with nogil:
-        for i in range(n):
-            table.quantize_block(&x[32 * i], &qv[32 * i], &sv[i], &ev[i], &uv[i])
+        table.quantize_blocks(&x[0], n, &qv[0], &sv[0], &ev[0], &uv[0])
     return q, d_stored, d_exact, sums
 
 

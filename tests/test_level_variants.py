@@ -163,3 +163,19 @@ def test_activation_quantization_level_equals_scalar(isa, seed):
     for name, a, e in zip(("quants", "stored scales", "exact scales", "sums"), actual, expected):
         assert np.array_equal(a.view(np.uint8), e.view(np.uint8)), f"{isa}: {name} differ"
     assert np.count_nonzero(expected[0]) > 0.8 * x.size  # mostly non-zero quants: the test has teeth
+
+
+@pytest.mark.parametrize("isa", LEVELS)
+@pytest.mark.parametrize("n_blocks", (1, 2, 15, 16, 17, 31, 33, 50))
+def test_activation_quantization_any_block_count(isa, n_blocks):
+    """Runs of blocks that do not fill the levels' groups of blocks, with the NaN and infinity blocks
+    moved to other places in them: every block as the scalar routine gives it."""
+    if isa not in _core.supported_isas():
+        pytest.skip(f"{isa} is not usable here")
+    blocks = activation_blocks(n_blocks).reshape(-1, 32)
+    order = np.random.default_rng(n_blocks).permutation(len(blocks))
+    x = np.ascontiguousarray(blocks[order[:n_blocks]].reshape(-1))
+    expected = _core.quantize_blocks_with("scalar", x)
+    actual = _core.quantize_blocks_with(isa, x)
+    for name, a, e in zip(("quants", "stored scales", "exact scales", "sums"), actual, expected):
+        assert np.array_equal(a.view(np.uint8), e.view(np.uint8)), f"{isa}: {name} differ at {n_blocks} blocks"

@@ -43,7 +43,7 @@ static inline int32_t round_half_away(float v) {
 /* One block of 32 floats -> quants q, scale (as stored: fp16-rounded) and sum(q).
  * A block with a non-finite value gets quants 0 and scale amax (inf/NaN), so its
  * products come out NaN, as the float path would give, without undefined casts. */
-void rwkvx_quantize_block_ref(const float *x, int8_t *q, float *d_stored, float *d_exact, int32_t *sum) {
+static void quantize_block(const float *x, int8_t *q, float *d_stored, float *d_exact, int32_t *sum) {
     /* amax over 8 independent lanes, without the one long chain of compares and
      * branches (max is exact in any order once NaN is ruled out); with a NaN, the
      * single scan this replaces ended on the last NaN's value */
@@ -77,6 +77,12 @@ void rwkvx_quantize_block_ref(const float *x, int8_t *q, float *d_stored, float 
     }
     *d_exact = d;
     *d_stored = fp16_rounded(d);
+}
+
+void rwkvx_quantize_blocks_ref(const float *x, int64_t n_blocks, int8_t *q, float *d_stored, float *d_exact,
+                               int32_t *sum) {
+    for (int64_t b = 0; b < n_blocks; b++)
+        quantize_block(x + b * RWKVX_QK, q + b * RWKVX_QK, d_stored + b, d_exact + b, sum + b);
 }
 
 /* The buffer of the calling thread's last product, kept for its next one: a
@@ -149,24 +155,30 @@ int rwkvx_q8_acts_alloc(rwkvx_q8_acts *a, int64_t n_tokens, int64_t n_in) {
     return RWKVX_OK;
 }
 
+/* Blocks whose scales and sums one call of the level's routine returns (on the stack). */
+#define FILL_BLOCKS 64
+
 void rwkvx_q8_acts_fill(rwkvx_q8_acts *a, int weight_type, const float *x, int64_t ldx, int64_t t_begin,
                         int64_t t_end) {
     const int64_t nb = a->n_blocks, stride = a->stride_blocks;
     const int32_t offset = rwkvx_type_code_offset(weight_type);
     const int with_s = has_min(weight_type);
     for (int64_t t = t_begin; t < t_end; t++)
-        for (int64_t b = 0; b < nb; b++) {
-            const int64_t i = t * stride + b;
-            float d, d_exact;
-            int32_t sum;
-            rwkvx_kernels->quantize_block(x + t * ldx + b * RWKVX_QK, a->qs + i * RWKVX_QK, &d, &d_exact, &sum);
-            for (int l = 0; l < LANES; l++) a->dv[i * LANES + l] = d;
-            memset(&a->aux[i * LANES + 1], 0, (LANES - 1) * sizeof(int32_t));
-            if (with_s) {
-                const float s = fp16_rounded((float)sum * d_exact);
-                memcpy(&a->aux[i * LANES], &s, sizeof s);
-            } else {
-                a->aux[i * LANES] = -offset * sum;
+        for (int64_t b0 = 0; b0 < nb; b0 += FILL_BLOCKS) {
+            const int64_t count = nb - b0 < FILL_BLOCKS ? nb - b0 : FILL_BLOCKS, i0 = t * stride + b0;
+            float d[FILL_BLOCKS], d_exact[FILL_BLOCKS];
+            int32_t sum[FILL_BLOCKS];
+            rwkvx_kernels->quantize_blocks(x + t * ldx + b0 * RWKVX_QK, count, a->qs + i0 * RWKVX_QK, d, d_exact, sum);
+            for (int64_t k = 0; k < count; k++) {
+                const int64_t i = i0 + k;
+                for (int l = 0; l < LANES; l++) a->dv[i * LANES + l] = d[k];
+                memset(&a->aux[i * LANES + 1], 0, (LANES - 1) * sizeof(int32_t));
+                if (with_s) {
+                    const float s = fp16_rounded((float)sum[k] * d_exact[k]);
+                    memcpy(&a->aux[i * LANES], &s, sizeof s);
+                } else {
+                    a->aux[i * LANES] = -offset * sum[k];
+                }
             }
         }
     for (int64_t t = t_begin; t < t_end; t++) /* the padding block of an odd count reads as zeros */

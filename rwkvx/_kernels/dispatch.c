@@ -112,7 +112,7 @@ static const rwkvx_kernel_table table_ref = {
     .dequant_row = rwkvx_dequant_row_ref,
     .wkv7_heads = rwkvx_wkv7_heads_ref,
     .v7_gates = rwkvx_v7_gates_ref,
-    .quantize_block = rwkvx_quantize_block_ref,
+    .quantize_blocks = rwkvx_quantize_blocks_ref,
 };
 #ifdef RWKVX_HAVE_AVX2
 static const rwkvx_kernel_table table_avx2 = {
@@ -124,7 +124,7 @@ static const rwkvx_kernel_table table_avx2 = {
     .dequant_row = rwkvx_dequant_row_ref, /* one row per token: not worth a variant */
     .wkv7_heads = rwkvx_wkv7_heads_avx2,
     .v7_gates = rwkvx_v7_gates_avx2,
-    .quantize_block = rwkvx_quantize_block_ref,
+    .quantize_blocks = rwkvx_quantize_blocks_ref,
 };
 #endif
 #ifdef RWKVX_HAVE_AVX512
@@ -137,7 +137,7 @@ static const rwkvx_kernel_table table_avx512 = {
     .dequant_row = rwkvx_dequant_row_ref,
     .wkv7_heads = rwkvx_wkv7_heads_avx512,
     .v7_gates = rwkvx_v7_gates_avx512,
-    .quantize_block = rwkvx_quantize_block_avx512,
+    .quantize_blocks = rwkvx_quantize_blocks_avx512,
 };
 #endif
 #ifdef RWKVX_HAVE_NEON
@@ -150,7 +150,7 @@ static const rwkvx_kernel_table table_neon = {
     .dequant_row = rwkvx_dequant_row_ref,
     .wkv7_heads = rwkvx_wkv7_heads_ref,
     .v7_gates = rwkvx_v7_gates_ref,
-    .quantize_block = rwkvx_quantize_block_ref,
+    .quantize_blocks = rwkvx_quantize_blocks_ref,
 };
 #endif
 

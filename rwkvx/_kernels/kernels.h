@@ -91,12 +91,15 @@ void rwkvx_v7_gates_ref(int64_t h_begin, int64_t h_end, int64_t head_size, const
 void rwkvx_v7_gates_avx2(int64_t h_begin, int64_t h_end, int64_t head_size, const rwkvx_v7_gates *g);
 void rwkvx_v7_gates_avx512(int64_t h_begin, int64_t h_end, int64_t head_size, const rwkvx_v7_gates *g);
 
-/* One block of 32 activations -> int8 quants q, its scale as stored (fp16-rounded)
- * and unrounded, and sum(q): the rules above. Every level's variant gives the
- * same bits (the portable one is the definition). */
-typedef void (*rwkvx_quantize_block_fn)(const float *x, int8_t *q, float *d_stored, float *d_exact, int32_t *sum);
-void rwkvx_quantize_block_ref(const float *x, int8_t *q, float *d_stored, float *d_exact, int32_t *sum);
-void rwkvx_quantize_block_avx512(const float *x, int8_t *q, float *d_stored, float *d_exact, int32_t *sum);
+/* n_blocks consecutive blocks of 32 activations -> per block: int8 quants q[32], its
+ * scale as stored (fp16-rounded) and unrounded, and sum(q): the rules above. Every
+ * level's variant gives the same bits (the portable one is the definition). */
+typedef void (*rwkvx_quantize_blocks_fn)(const float *x, int64_t n_blocks, int8_t *q, float *d_stored,
+                                         float *d_exact, int32_t *sum);
+void rwkvx_quantize_blocks_ref(const float *x, int64_t n_blocks, int8_t *q, float *d_stored, float *d_exact,
+                               int32_t *sum);
+void rwkvx_quantize_blocks_avx512(const float *x, int64_t n_blocks, int8_t *q, float *d_stored, float *d_exact,
+                                  int32_t *sum);
 
 typedef struct rwkvx_kernel_table {
     const char *isa;
@@ -111,7 +114,7 @@ typedef struct rwkvx_kernel_table {
     rwkvx_dequant_row_fn dequant_row;
     rwkvx_wkv7_heads_fn wkv7_heads;
     rwkvx_v7_gates_fn v7_gates;
-    rwkvx_quantize_block_fn quantize_block;
+    rwkvx_quantize_blocks_fn quantize_blocks;
 } rwkvx_kernel_table;
 
 /* The active table; selected once at import (see dispatch.c). */
