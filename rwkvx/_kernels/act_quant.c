@@ -158,14 +158,14 @@ int rwkvx_q8_acts_alloc(rwkvx_q8_acts *a, int64_t n_tokens, int64_t n_in) {
 /* Blocks whose scales and sums one call of the level's routine returns (on the stack). */
 #define FILL_BLOCKS 64
 
-void rwkvx_q8_acts_fill(rwkvx_q8_acts *a, int weight_type, const float *x, int64_t ldx, int64_t t_begin,
-                        int64_t t_end) {
+void rwkvx_q8_acts_fill_blocks(rwkvx_q8_acts *a, int weight_type, const float *x, int64_t ldx, int64_t t_begin,
+                               int64_t t_end, int64_t b_begin, int64_t b_end) {
     const int64_t nb = a->n_blocks, stride = a->stride_blocks;
     const int32_t offset = rwkvx_type_code_offset(weight_type);
     const int with_s = has_min(weight_type);
     for (int64_t t = t_begin; t < t_end; t++)
-        for (int64_t b0 = 0; b0 < nb; b0 += FILL_BLOCKS) {
-            const int64_t count = nb - b0 < FILL_BLOCKS ? nb - b0 : FILL_BLOCKS, i0 = t * stride + b0;
+        for (int64_t b0 = b_begin; b0 < b_end; b0 += FILL_BLOCKS) {
+            const int64_t count = b_end - b0 < FILL_BLOCKS ? b_end - b0 : FILL_BLOCKS, i0 = t * stride + b0;
             float d[FILL_BLOCKS], d_exact[FILL_BLOCKS];
             int32_t sum[FILL_BLOCKS];
             rwkvx_kernels->quantize_blocks(x + t * ldx + b0 * RWKVX_QK, count, a->qs + i0 * RWKVX_QK, d, d_exact, sum);
@@ -181,12 +181,18 @@ void rwkvx_q8_acts_fill(rwkvx_q8_acts *a, int weight_type, const float *x, int64
                 }
             }
         }
+    if (b_end < nb) return;
     for (int64_t t = t_begin; t < t_end; t++) /* the padding block of an odd count reads as zeros */
         for (int64_t i = t * stride + nb; i < (t + 1) * stride; i++) {
             memset(a->qs + i * RWKVX_QK, 0, RWKVX_QK);
             memset(a->dv + i * LANES, 0, LANES * sizeof(float));
             memset(a->aux + i * LANES, 0, LANES * sizeof(int32_t));
         }
+}
+
+void rwkvx_q8_acts_fill(rwkvx_q8_acts *a, int weight_type, const float *x, int64_t ldx, int64_t t_begin,
+                        int64_t t_end) {
+    rwkvx_q8_acts_fill_blocks(a, weight_type, x, ldx, t_begin, t_end, 0, a->n_blocks);
 }
 
 int rwkvx_q8_acts_quantize(rwkvx_q8_acts *a, int weight_type, const float *x, int64_t ldx, int64_t n_tokens,

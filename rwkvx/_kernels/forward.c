@@ -40,6 +40,9 @@ static const rwkvx_tensor *mat(const rwkvx_layer *L, int slot) { return &L->t[sl
  * threads never write the same line; and a packed matrix splits only between groups. */
 #define RWKVX_ROW_GRAIN RWKVX_PACK_ROWS
 
+/* Work a product's thread does on the output rows [begin, end) it has just computed. */
+typedef void (*rows_fn)(void *ctx, int64_t begin, int64_t end);
+
 typedef struct matmul_job {
     const rwkvx_tensor *w;
     const float *x; /* float activations (F32/F16 weights) */
@@ -47,6 +50,8 @@ typedef struct matmul_job {
     const rwkvx_q8_acts *xq; /* quantized activations (quantized weights), else NULL */
     float *y;
     int64_t ldy;
+    rows_fn then; /* or NULL */
+    void *then_ctx;
 } matmul_job;
 
 /* Rows [begin, end) of a product: the same kernel on a slice of the matrix, so
@@ -60,6 +65,7 @@ static void matmul_rows(void *ctx, int64_t begin, int64_t end) {
         rwkvx_kernels->matmul_q8(&part, job->xq, job->y + begin, job->ldy);
     else
         rwkvx_kernels->matmul(&part, job->x, job->ldx, job->T, job->y + begin, job->ldy);
+    if (job->then != NULL) job->then(job->then_ctx, begin, end);
 }
 
 /* Tokens from which quantizing the activations is split between threads (each
@@ -78,29 +84,36 @@ static void quantize_rows(void *ctx, int64_t begin, int64_t end) {
     rwkvx_q8_acts_fill(q->xq, q->weight_type, q->x, q->ldx, begin, end);
 }
 
-/* y = W x for T rows. Quantized weights: the activations are quantized once
- * here, for all T rows, and every thread's slice of rows reads the same quants. */
-static void matmul(const rwkvx_model *m, const rwkvx_tensor *w, const float *x, int64_t ldx, int64_t T, float *y,
-                   int64_t ldy) {
+/* y = W x for T rows, then `then` (if not NULL) over the output rows each thread
+ * computed, split at multiples of `grain` rows. Quantized weights: the activations
+ * are quantized once here, for all T rows, and every thread's slice of rows reads
+ * the same quants, unless xq brings them already quantized. */
+static void matmul_then(const rwkvx_model *m, const rwkvx_tensor *w, const float *x, const rwkvx_q8_acts *xq,
+                        int64_t ldx, int64_t T, float *y, int64_t ldy, rows_fn then, void *then_ctx, int64_t grain) {
     const int64_t bytes = (int64_t)rwkvx_row_bytes(w->type, (size_t)w->n_in) * w->n_rows * T;
-    matmul_job job = {w, x, ldx, T, NULL, y, ldy};
-    rwkvx_q8_acts xq;
+    matmul_job job = {w, x, ldx, T, xq, y, ldy, then, then_ctx};
+    rwkvx_q8_acts own;
     const int parallel = m->pool != NULL && bytes >= m->parallel_min_bytes;
-    if (rwkvx_type_is_quantized(w->type)) {
+    if (rwkvx_type_is_quantized(w->type) && xq == NULL) {
         /* no error path out of the layer code: like the kernels' row buffers, only exhausted memory fails */
-        if (rwkvx_q8_acts_alloc(&xq, T, w->n_in) != RWKVX_OK) abort();
-        quantize_job q = {&xq, w->type, x, ldx};
+        if (rwkvx_q8_acts_alloc(&own, T, w->n_in) != RWKVX_OK) abort();
+        quantize_job q = {&own, w->type, x, ldx};
         if (parallel && T >= PARALLEL_QUANTIZE_MIN_TOKENS)
             rwkvx_pool_run(m->pool, quantize_rows, &q, T, 1);
         else
             quantize_rows(&q, 0, T);
-        job.xq = &xq;
+        job.xq = &own;
     }
     if (!parallel)
         matmul_rows(&job, 0, w->n_rows);
     else
-        rwkvx_pool_run(m->pool, matmul_rows, &job, w->n_rows, RWKVX_ROW_GRAIN);
-    if (job.xq != NULL) rwkvx_q8_acts_free(&xq);
+        rwkvx_pool_run(m->pool, matmul_rows, &job, w->n_rows, grain);
+    if (job.xq != NULL && xq == NULL) rwkvx_q8_acts_free(&own);
+}
+
+static void matmul(const rwkvx_model *m, const rwkvx_tensor *w, const float *x, int64_t ldx, int64_t T, float *y,
+                   int64_t ldy) {
+    matmul_then(m, w, x, NULL, ldx, T, y, ldy, NULL, NULL, RWKVX_ROW_GRAIN);
 }
 
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -185,17 +198,9 @@ static void add_rows(float *x, const float *d, int64_t n) {
  * element is computed by the same code whichever thread takes its row). */
 #define PARALLEL_ROWS_MIN_TOKENS 8
 
-/* h = max(h, 0)^2 over rows [begin, end) of width n. */
-typedef struct relu_square_job {
-    float *h;
-    int64_t n;
-} relu_square_job;
-
-static void relu_square_rows(void *ctx, int64_t begin, int64_t end) {
-    const relu_square_job *j = ctx;
-    float *h = j->h; /* locals: stores through h could otherwise alias *j and defeat vectorizing */
-    const int64_t e0 = begin * j->n, e1 = end * j->n;
-    for (int64_t i = e0; i < e1; i++) {
+/* h = max(h, 0)^2 for n floats. */
+static void relu_square(float *h, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
         /* relu as x > 0 ? x : 0 (NaN -> 0), decided on the bits: a branch per element is a coin toss
          * the predictor loses half the time, and the compiler vectorizes only this branch-free form */
         uint32_t bits;
@@ -206,6 +211,28 @@ static void relu_square_rows(void *ctx, int64_t begin, int64_t end) {
         memcpy(&v, &bits, sizeof v);
         h[i] = v * v;
     }
+}
+
+/* The FFN's hidden layer after the key product, on the channels [begin, end) a thread
+ * has just computed, for every token: relu squared, then (for quantized value
+ * weights) quantized for the value product, so that no thread waits for one to
+ * do it all between the two products. */
+typedef struct hidden_job {
+    float *h;
+    int64_t n, T;
+    rwkvx_q8_acts *xq; /* or NULL */
+    int weight_type;
+} hidden_job;
+
+/* The key product's rows split at multiples of this: whole pairs of blocks, so threads
+ * quantize separate cache lines of xq. */
+#define HIDDEN_GRAIN (4 * RWKVX_QK)
+
+static void hidden_rows(void *ctx, int64_t begin, int64_t end) {
+    const hidden_job *j = ctx;
+    for (int64_t t = 0; t < j->T; t++) relu_square(j->h + t * j->n + begin, end - begin);
+    if (j->xq != NULL)
+        rwkvx_q8_acts_fill_blocks(j->xq, j->weight_type, j->h, j->n, 0, j->T, begin / RWKVX_QK, end / RWKVX_QK);
 }
 
 /* Layer norm (group_size 0) or group norm of rows [begin, end), and tanh /
@@ -285,13 +312,16 @@ static void channel_mix(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
         lerp_mix(f, q, vec(L, RWKVX_FFN_MIX_K), T, C, xk);
         lerp_mix(f, q, vec(L, RWKVX_FFN_MIX_R), T, C, xr);
     }
-    matmul(m, mat(L, RWKVX_FFN_K), xk, C, T, s->hidden, F);
-    relu_square_job rsq = {s->hidden, F};
-    if (m->pool != NULL && T >= PARALLEL_ROWS_MIN_TOKENS)
-        rwkvx_pool_run(m->pool, relu_square_rows, &rsq, T, 1);
-    else
-        relu_square_rows(&rsq, 0, T);
-    matmul(m, mat(L, RWKVX_FFN_V), s->hidden, F, T, s->out, C);
+    const rwkvx_tensor *value = mat(L, RWKVX_FFN_V);
+    rwkvx_q8_acts hq;
+    hidden_job hidden = {s->hidden, F, T, NULL, value->type};
+    if (rwkvx_type_is_quantized(value->type)) {
+        if (rwkvx_q8_acts_alloc(&hq, T, F) != RWKVX_OK) abort(); /* as in matmul_then */
+        hidden.xq = &hq;
+    }
+    matmul_then(m, mat(L, RWKVX_FFN_K), xk, NULL, C, T, s->hidden, F, hidden_rows, &hidden, HIDDEN_GRAIN);
+    matmul_then(m, value, s->hidden, hidden.xq, F, T, s->out, C, NULL, NULL, RWKVX_ROW_GRAIN);
+    if (hidden.xq != NULL) rwkvx_q8_acts_free(&hq);
     if (m->arch != RWKVX_ARCH_V7) {
         matmul(m, mat(L, RWKVX_FFN_R), xr, C, T, s->r, C);
         for (int64_t i = 0; i < T * C; i++) s->out[i] *= rwkvx_sigmoid_poly(s->r[i]);

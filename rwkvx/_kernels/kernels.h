@@ -54,6 +54,10 @@ int rwkvx_q8_acts_quantize(rwkvx_q8_acts *a, int weight_type, const float *x, in
 int rwkvx_q8_acts_alloc(rwkvx_q8_acts *a, int64_t n_tokens, int64_t n_in);
 void rwkvx_q8_acts_fill(rwkvx_q8_acts *a, int weight_type, const float *x, int64_t ldx, int64_t t_begin,
                         int64_t t_end);
+/* The same for blocks [b_begin, b_end) of each row only (the padding block with the last one), so
+ * that threads can each quantize the part of the rows they have computed. */
+void rwkvx_q8_acts_fill_blocks(rwkvx_q8_acts *a, int weight_type, const float *x, int64_t ldx, int64_t t_begin,
+                               int64_t t_end, int64_t b_begin, int64_t b_end);
 void rwkvx_q8_acts_free(rwkvx_q8_acts *a);
 /* 1 for the block-quantized types (integer products), 0 for F32/F16. */
 int rwkvx_type_is_quantized(int type);
