@@ -6,6 +6,9 @@ import pytest
 
 import rwkvx
 from conftest import TINY
+from rwkvx.architecture import ModelShape, expected_tensors
+from rwkvx.formats.quantize import quantize_file
+from rwkvx.formats.writer import TensorRecord, write_rwkvcpp
 
 MODELS = ("tiny-rwkv-7v0-834K-FP32.bin", "tiny-rwkv-6v0-3m-Q5_1.bin", "tiny-rwkv-4v0-660K-FP16.bin",
           "tiny-rwkv-5v2-730K-Q5_0.bin")
@@ -44,6 +47,56 @@ def test_one_token_calls_with_threads_match_one_sequence_call():
         logits, state = model.forward(int(token), state, logits="last", inplace=True)
         np.testing.assert_array_equal(logits, seq_logits[t])
     np.testing.assert_array_equal(state.data, seq_state)
+
+
+# v7 with several heads: the tiny v7 model has one, so threads never split its heads
+MULTI_HEAD_V7 = ModelShape("v7", 256, 256, 2, 512, 4, 64, (("w1", 32), ("a1", 32), ("v1", 32), ("g1", 32)))
+
+
+@pytest.fixture(scope="module", params=("Q5_1", "Q4_0", "FP16"))
+def multi_head_v7(request, tmp_path_factory):
+    """A random v7 file with 4 heads of 64 (matrices ~ N(0, 1/n_in), vectors as in bench/models.py)."""
+    rng = np.random.default_rng(7)
+    records = []
+    for name, shape in expected_tensors(MULTI_HEAD_V7).items():
+        if len([d for d in shape if d != 1]) >= 2:
+            data = rng.standard_normal(shape).astype(np.float32) / np.float32(np.sqrt(shape[-1]))
+            records.append(TensorRecord(name, shape, "FP32" if name.endswith("r_k") else "FP16",
+                                        data.astype(np.float32 if name.endswith("r_k") else np.float16)))
+        else:
+            value = {"weight": 1.0, "k_k": 1.0, "k_a": 1.0, "w0": -0.5}.get(name.rsplit(".", 1)[-1])
+            data = np.full(shape, value, np.float32) if value is not None else rng.uniform(0, 0.5, shape)
+            records.append(TensorRecord(name, shape, "FP32", data.astype(np.float32)))
+    directory = tmp_path_factory.mktemp("multi_head_v7")
+    fp16 = directory / "FP16.bin"
+    write_rwkvcpp(fp16, records, n_vocab=MULTI_HEAD_V7.n_vocab, n_embd=MULTI_HEAD_V7.n_embd,
+                  n_layer=MULTI_HEAD_V7.n_layer, data_type="FP16")
+    if request.param == "FP16":
+        return fp16
+    path = directory / f"{request.param}.bin"
+    quantize_file(fp16, path, request.param)
+    return path
+
+
+@pytest.mark.parametrize("threads", (2, 3))
+def test_threads_split_heads_of_v7_identically(multi_head_v7, threads):
+    """Heads (and the output product's activations each thread quantizes for its heads) split between
+    threads: the same logits and state as one thread, in sequence mode and one token at a time."""
+    def one_tokens(model):
+        state, rows = model.new_state(), []
+        for token in TOKENS:
+            logits, state = model.forward(int(token), state, logits="last", inplace=True)
+            rows.append(logits)
+        return np.stack(rows), state.data
+
+    one = rwkvx.load(multi_head_v7, threads=1)
+    many = rwkvx.load(multi_head_v7)
+    many._core.set_threads(threads, parallel_min_bytes=0)
+    expected = run(one)
+    assert np.all(np.isfinite(expected[0])) and np.ptp(expected[0]) > 0  # a model that computes something
+    for got in (run(many), one_tokens(many)):
+        np.testing.assert_array_equal(got[0], expected[0])
+        np.testing.assert_array_equal(got[1], expected[1])
 
 
 def run_concurrently(jobs):

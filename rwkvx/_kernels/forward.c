@@ -451,6 +451,8 @@ typedef struct v7_heads_job {
     float *v_first;
     const row_states *rs;
     size_t heads_offset; /* of the layer's head states in a row's state */
+    rwkvx_q8_acts *yq;   /* y quantized for the output product as each thread finishes its heads, or NULL */
+    int yq_type;
 } v7_heads_job;
 
 /* Everything between the products and the recurrence (v7_gates_body.h); layer 0
@@ -495,6 +497,8 @@ static void v7_wkv_task(void *ctx, int64_t h0, int64_t h1) {
             for (int64_t i = 0; i < S; i++) bonus += s->r[o + i] * s->k[o + i] * r_k[c + i];
             for (int64_t i = 0; i < S; i++) y[i] = (y[i] + bonus * s->v[o + i]) * s->g[o + i];
         }
+    if (j->yq != NULL)
+        rwkvx_q8_acts_fill_blocks(j->yq, j->yq_type, s->y, C, 0, j->T, h0 * S / RWKVX_QK, h1 * S / RWKVX_QK);
 }
 
 /* The six token-shift mixes of v7, for tokens [t0, t1). */
@@ -529,10 +533,19 @@ static void time_mix_v7(const rwkvx_model *m, const rwkvx_layer *L, int32_t laye
     lora(m, mat(L, RWKVX_A1), mat(L, RWKVX_A2), xa, T, LORA_LINEAR, s->hidden, s->alpha);
     lora(m, mat(L, RWKVX_G1), mat(L, RWKVX_G2), xg, T, LORA_SIGMOID, s->hidden, s->g); /* gate g = G2 sigmoid(G1 xg) */
     if (layer > 0) lora(m, mat(L, RWKVX_V1), mat(L, RWKVX_V2), xv, T, LORA_LINEAR, s->hidden, s->out);
-    v7_heads_job heads = {m, L, s, T, layer, v_first, rs, layer_offset + 2 * (size_t)C};
+    const rwkvx_tensor *output = mat(L, RWKVX_ATT_O);
+    rwkvx_q8_acts yq;
+    v7_heads_job heads = {m, L, s, T, layer, v_first, rs, layer_offset + 2 * (size_t)C, NULL, output->type};
+    /* threads quantize y for the output product head by head: each head whole blocks, and whole cache lines of
+     * them (two blocks at least) so threads never share one */
+    if (rwkvx_type_is_quantized(output->type) && m->head_size % (2 * RWKVX_QK) == 0) {
+        if (rwkvx_q8_acts_alloc(&yq, T, C) != RWKVX_OK) abort(); /* as in matmul_then */
+        heads.yq = &yq;
+    }
     rwkvx_pool_run(m->pool, v7_gates_task, &heads, H, 1);
     rwkvx_pool_run(m->pool, v7_wkv_task, &heads, H, 1);
-    matmul(m, mat(L, RWKVX_ATT_O), s->y, C, T, s->out, C);
+    matmul_then(m, output, s->y, heads.yq, C, T, s->out, C, NULL, NULL, RWKVX_ROW_GRAIN);
+    if (heads.yq != NULL) rwkvx_q8_acts_free(&yq);
 }
 
 /* ---- the stack ---------------------------------------------------------- */
