@@ -505,7 +505,9 @@ static void v7_wkv_task(void *ctx, int64_t h0, int64_t h1) {
 typedef struct v7_mix_job {
     const rwkvx_layer *L;
     scratch *s;
-    int64_t C;
+    int64_t C, T;
+    rwkvx_q8_acts *xq[3]; /* xr, xk, xv quantized for their products (by v7_mix_channels), or NULL */
+    int xq_type[3];
 } v7_mix_job;
 
 static void v7_mix_task(void *ctx, int64_t t0, int64_t t1) {
@@ -516,19 +518,53 @@ static void v7_mix_task(void *ctx, int64_t t0, int64_t t1) {
     for (int c = 0; c < 6; c++) delta_mix(s->a + e0, s->prev + e0, x_rwkvag + c * C, t1 - t0, C, s->mix[c] + e0);
 }
 
+/* Mixes of v7 split by channels [c0, c1) instead (few tokens: rows are too few to share): every mix
+ * element by the same code as v7_mix_task; then the thread quantizes the blocks of xr, xk, xv it has
+ * just computed, so that their products need no serial pass first. Reading the six mix vectors,
+ * a cold 24 KB per 1024 channels, is what took the time: two threads keep twice the reads in flight. */
+#define MIX_GRAIN (2 * RWKVX_QK) /* whole cache lines of the quantized blocks per thread */
+
+static void v7_mix_channels(void *ctx, int64_t c0, int64_t c1) {
+    const v7_mix_job *j = ctx;
+    scratch *s = j->s;
+    const int64_t C = j->C;
+    const float *x_rwkvag = vec(j->L, RWKVX_X_RWKVAG);
+    for (int c = 0; c < 6; c++)
+        for (int64_t t = 0; t < j->T; t++)
+            delta_mix(s->a + t * C + c0, s->prev + t * C + c0, x_rwkvag + c * C + c0, 1, c1 - c0,
+                      s->mix[c] + t * C + c0);
+    const float *quantized[3] = {s->mix[0], s->mix[2], s->mix[3]}; /* xr, xk, xv */
+    for (int q = 0; q < 3; q++)
+        if (j->xq[q] != NULL)
+            rwkvx_q8_acts_fill_blocks(j->xq[q], j->xq_type[q], quantized[q], C, 0, j->T, c0 / RWKVX_QK, c1 / RWKVX_QK);
+}
+
 static void time_mix_v7(const rwkvx_model *m, const rwkvx_layer *L, int32_t layer, scratch *s, int64_t T,
                         const row_states *rs, size_t layer_offset, float *v_first) {
     const int64_t C = m->n_embd, H = m->n_head;
-    v7_mix_job mix = {L, s, C};
-    if (m->pool != NULL && T >= PARALLEL_ROWS_MIN_TOKENS)
-        rwkvx_pool_run(m->pool, v7_mix_task, &mix, T, 1);
-    else
-        v7_mix_task(&mix, 0, T);
+    const rwkvx_tensor *rkv[3] = {mat(L, RWKVX_ATT_R), mat(L, RWKVX_ATT_K), mat(L, RWKVX_ATT_V)};
+    v7_mix_job mix = {L, s, C, T, {NULL, NULL, NULL}, {rkv[0]->type, rkv[1]->type, rkv[2]->type}};
+    rwkvx_q8_acts rkv_q[3];
+    if (m->pool == NULL || T >= PARALLEL_ROWS_MIN_TOKENS || C % MIX_GRAIN != 0) {
+        if (m->pool != NULL && T >= PARALLEL_ROWS_MIN_TOKENS)
+            rwkvx_pool_run(m->pool, v7_mix_task, &mix, T, 1);
+        else
+            v7_mix_task(&mix, 0, T);
+    } else {
+        for (int q = 0; q < 3; q++)
+            if (rwkvx_type_is_quantized(rkv[q]->type)) {
+                if (rwkvx_q8_acts_alloc(&rkv_q[q], T, C) != RWKVX_OK) abort(); /* as in matmul_then */
+                mix.xq[q] = &rkv_q[q];
+            }
+        rwkvx_pool_run(m->pool, v7_mix_channels, &mix, C, MIX_GRAIN);
+    }
     float *xr = s->mix[0], *xw = s->mix[1], *xk = s->mix[2], *xv = s->mix[3], *xa = s->mix[4], *xg = s->mix[5];
     /* every product first (their inputs are the mixes), then the per-head work */
-    matmul(m, mat(L, RWKVX_ATT_R), xr, C, T, s->r, C);
-    matmul(m, mat(L, RWKVX_ATT_K), xk, C, T, s->k, C);
-    matmul(m, mat(L, RWKVX_ATT_V), xv, C, T, s->v, C);
+    matmul_then(m, rkv[0], xr, mix.xq[0], C, T, s->r, C, NULL, NULL, RWKVX_ROW_GRAIN);
+    matmul_then(m, rkv[1], xk, mix.xq[1], C, T, s->k, C, NULL, NULL, RWKVX_ROW_GRAIN);
+    matmul_then(m, rkv[2], xv, mix.xq[2], C, T, s->v, C, NULL, NULL, RWKVX_ROW_GRAIN);
+    for (int q = 0; q < 3; q++)
+        if (mix.xq[q] != NULL) rwkvx_q8_acts_free(&rkv_q[q]);
     lora(m, mat(L, RWKVX_W1), mat(L, RWKVX_W2), xw, T, LORA_TANH, s->hidden, s->w);
     lora(m, mat(L, RWKVX_A1), mat(L, RWKVX_A2), xa, T, LORA_LINEAR, s->hidden, s->alpha);
     lora(m, mat(L, RWKVX_G1), mat(L, RWKVX_G2), xg, T, LORA_SIGMOID, s->hidden, s->g); /* gate g = G2 sigmoid(G1 xg) */
