@@ -159,21 +159,23 @@ static float *row_state(const row_states *rs, int64_t t, size_t offset) {
 }
 
 /* prev[t] = a[t-1], prev[0] = the stored shift state, which becomes a[T-1].
- * Independent rows: prev[t] = row t's shift state, which becomes a[t]. */
-static void token_shift(const float *a, float *prev, int64_t T, int64_t C, const row_states *rs, size_t offset) {
-    const size_t row_bytes = (size_t)C * sizeof(float);
-    if (!rs->sequential) {
-        for (int64_t t = 0; t < T; t++) {
-            float *shift_state = row_state(rs, t, offset);
-            memcpy(prev + t * C, shift_state, row_bytes);
-            memcpy(shift_state, a + t * C, row_bytes);
-        }
-        return;
+ * Independent rows: prev[t] = row t's shift state, which becomes a[t].
+ * Channels [c0, c1) of each row only. */
+static void token_shift_channels(const float *a, float *prev, int64_t T, int64_t C, const row_states *rs,
+                                 size_t offset, int64_t c0, int64_t c1) {
+    const size_t bytes = (size_t)(c1 - c0) * sizeof(float);
+    for (int64_t t = 0; t < T; t++) {
+        const float *from = rs->sequential && t > 0 ? a + (t - 1) * C : row_state(rs, t, offset);
+        memcpy(prev + t * C + c0, from + c0, bytes);
     }
-    float *shift_state = row_state(rs, 0, offset);
-    memcpy(prev, shift_state, row_bytes);
-    if (T > 1) memcpy(prev + C, a, (size_t)(T - 1) * row_bytes);
-    memcpy(shift_state, a + (T - 1) * C, row_bytes);
+    if (!rs->sequential)
+        for (int64_t t = 0; t < T; t++) memcpy(row_state(rs, t, offset) + c0, a + t * C + c0, bytes);
+    else
+        memcpy(row_state(rs, 0, offset) + c0, a + (T - 1) * C + c0, bytes);
+}
+
+static void token_shift(const float *a, float *prev, int64_t T, int64_t C, const row_states *rs, size_t offset) {
+    token_shift_channels(a, prev, T, C, rs, offset, 0, C);
 }
 
 /* v4/v5 interpolation: out = a*mu + prev*(1-mu). */
@@ -294,23 +296,78 @@ static void activate(const rwkvx_model *m, float *h, int64_t T, int64_t n, int k
     run_rows(m, &job, T);
 }
 
+/* At few tokens (rows too few to share) the per-token work before a block of v7's products is split
+ * between the threads by channels instead: each computes the layer norm of every token on its
+ * channels (the statistics over all of them, the same floats), the token shift, the mixes, and
+ * quantizes its blocks of the products' inputs, so that no thread waits while one does it all. The
+ * vectors this reads (the mixes' weights above all) are cold, and two threads keep twice as many
+ * reads in flight. */
+#define CHANNEL_GRAIN (2 * RWKVX_QK) /* whole cache lines of the quantized blocks per thread */
+
+static int v7_by_channels(const rwkvx_model *m, int64_t T) {
+    return m->arch == RWKVX_ARCH_V7 && m->pool != NULL && T < PARALLEL_ROWS_MIN_TOKENS && m->n_embd % CHANNEL_GRAIN == 0;
+}
+
+/* Layer norm and token shift of channels [c0, c1) of every token: a = LN(x), prev = shifted a. */
+static void norm_and_shift_channels(const float *x, float *a, float *prev, int64_t T, int64_t C, const float *weight,
+                                    const float *bias, const row_states *rs, size_t offset, int64_t c0, int64_t c1) {
+    for (int64_t t = 0; t < T; t++) rwkvx_layer_norm_channels(x + t * C, a + t * C, C, c0, c1, weight, bias, 1e-5f);
+    token_shift_channels(a, prev, T, C, rs, offset, c0, c1);
+}
+
+/* v7's FFN input at few tokens, split by channels (see v7_by_channels): layer norm, token shift, the
+ * key's mix, and its blocks quantized for the key product (xq, or NULL for float weights). */
+typedef struct ffn_input_job {
+    const rwkvx_layer *L;
+    scratch *s;
+    const float *x;
+    int64_t T, C;
+    const row_states *rs;
+    size_t shift_offset;
+    rwkvx_q8_acts *xq;
+    int xq_type;
+} ffn_input_job;
+
+static void v7_ffn_input_channels(void *ctx, int64_t c0, int64_t c1) {
+    const ffn_input_job *j = ctx;
+    scratch *s = j->s;
+    const int64_t C = j->C;
+    float *f = s->a, *q = s->prev, *xk = s->mix[0];
+    norm_and_shift_channels(j->x, f, q, j->T, C, vec(j->L, RWKVX_LN2_W), vec(j->L, RWKVX_LN2_B), j->rs,
+                            j->shift_offset, c0, c1);
+    for (int64_t t = 0; t < j->T; t++)
+        delta_mix(f + t * C + c0, q + t * C + c0, vec(j->L, RWKVX_FFN_X_K) + c0, 1, c1 - c0, xk + t * C + c0);
+    if (j->xq != NULL) rwkvx_q8_acts_fill_blocks(j->xq, j->xq_type, xk, C, 0, j->T, c0 / RWKVX_QK, c1 / RWKVX_QK);
+}
+
 static void channel_mix(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, int64_t T, float *x,
                         const row_states *rs, size_t layer_offset) {
     const int64_t C = m->n_embd, F = m->n_ffn;
     float *f = s->a, *q = s->prev, *xk = s->mix[0], *xr = s->mix[1];
-    layer_norm(m, x, f, T, C, vec(L, RWKVX_LN2_W), vec(L, RWKVX_LN2_B));
-    token_shift(f, q, T, C, rs, layer_offset); /* ffn_xx: the layer's first C floats */
-    switch (m->arch) {
-    case RWKVX_ARCH_V7:
-        delta_mix(f, q, vec(L, RWKVX_FFN_X_K), T, C, xk);
-        break;
-    case RWKVX_ARCH_V6:
-        delta_mix(f, q, vec(L, RWKVX_FFN_MAA_K), T, C, xk);
-        delta_mix(f, q, vec(L, RWKVX_FFN_MAA_R), T, C, xr);
-        break;
-    default:
-        lerp_mix(f, q, vec(L, RWKVX_FFN_MIX_K), T, C, xk);
-        lerp_mix(f, q, vec(L, RWKVX_FFN_MIX_R), T, C, xr);
+    const rwkvx_tensor *key = mat(L, RWKVX_FFN_K);
+    rwkvx_q8_acts xk_q;
+    ffn_input_job input = {L, s, x, T, C, rs, layer_offset, NULL, key->type}; /* ffn_xx: the layer's first C floats */
+    if (v7_by_channels(m, T)) {
+        if (rwkvx_type_is_quantized(key->type)) {
+            if (rwkvx_q8_acts_alloc(&xk_q, T, C) != RWKVX_OK) abort(); /* as in matmul_then */
+            input.xq = &xk_q;
+        }
+        rwkvx_pool_run(m->pool, v7_ffn_input_channels, &input, C, CHANNEL_GRAIN);
+    } else {
+        layer_norm(m, x, f, T, C, vec(L, RWKVX_LN2_W), vec(L, RWKVX_LN2_B));
+        token_shift(f, q, T, C, rs, layer_offset);
+        switch (m->arch) {
+        case RWKVX_ARCH_V7:
+            delta_mix(f, q, vec(L, RWKVX_FFN_X_K), T, C, xk);
+            break;
+        case RWKVX_ARCH_V6:
+            delta_mix(f, q, vec(L, RWKVX_FFN_MAA_K), T, C, xk);
+            delta_mix(f, q, vec(L, RWKVX_FFN_MAA_R), T, C, xr);
+            break;
+        default:
+            lerp_mix(f, q, vec(L, RWKVX_FFN_MIX_K), T, C, xk);
+            lerp_mix(f, q, vec(L, RWKVX_FFN_MIX_R), T, C, xr);
+        }
     }
     const rwkvx_tensor *value = mat(L, RWKVX_FFN_V);
     rwkvx_q8_acts hq;
@@ -319,7 +376,8 @@ static void channel_mix(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
         if (rwkvx_q8_acts_alloc(&hq, T, F) != RWKVX_OK) abort(); /* as in matmul_then */
         hidden.xq = &hq;
     }
-    matmul_then(m, mat(L, RWKVX_FFN_K), xk, NULL, C, T, s->hidden, F, hidden_rows, &hidden, HIDDEN_GRAIN);
+    matmul_then(m, key, xk, input.xq, C, T, s->hidden, F, hidden_rows, &hidden, HIDDEN_GRAIN);
+    if (input.xq != NULL) rwkvx_q8_acts_free(&xk_q);
     matmul_then(m, value, s->hidden, hidden.xq, F, T, s->out, C, NULL, NULL, RWKVX_ROW_GRAIN);
     if (hidden.xq != NULL) rwkvx_q8_acts_free(&hq);
     if (m->arch != RWKVX_ARCH_V7) {
@@ -506,7 +564,12 @@ typedef struct v7_mix_job {
     const rwkvx_layer *L;
     scratch *s;
     int64_t C, T;
-    rwkvx_q8_acts *xq[3]; /* xr, xk, xv quantized for their products (by v7_mix_channels), or NULL */
+    /* for v7_mix_channels: the layer's input, where its shift state is, and xr, xk, xv quantized
+     * for their products (or NULL) */
+    const float *x;
+    const row_states *rs;
+    size_t shift_offset;
+    rwkvx_q8_acts *xq[3];
     int xq_type[3];
 } v7_mix_job;
 
@@ -518,16 +581,12 @@ static void v7_mix_task(void *ctx, int64_t t0, int64_t t1) {
     for (int c = 0; c < 6; c++) delta_mix(s->a + e0, s->prev + e0, x_rwkvag + c * C, t1 - t0, C, s->mix[c] + e0);
 }
 
-/* Mixes of v7 split by channels [c0, c1) instead (few tokens: rows are too few to share): every mix
- * element by the same code as v7_mix_task; then the thread quantizes the blocks of xr, xk, xv it has
- * just computed, so that their products need no serial pass first. Reading the six mix vectors,
- * a cold 24 KB per 1024 channels, is what took the time: two threads keep twice the reads in flight. */
-#define MIX_GRAIN (2 * RWKVX_QK) /* whole cache lines of the quantized blocks per thread */
-
 static void v7_mix_channels(void *ctx, int64_t c0, int64_t c1) {
     const v7_mix_job *j = ctx;
     scratch *s = j->s;
     const int64_t C = j->C;
+    norm_and_shift_channels(j->x, s->a, s->prev, j->T, C, vec(j->L, RWKVX_LN1_W), vec(j->L, RWKVX_LN1_B), j->rs,
+                            j->shift_offset, c0, c1);
     const float *x_rwkvag = vec(j->L, RWKVX_X_RWKVAG);
     for (int c = 0; c < 6; c++)
         for (int64_t t = 0; t < j->T; t++)
@@ -539,24 +598,26 @@ static void v7_mix_channels(void *ctx, int64_t c0, int64_t c1) {
             rwkvx_q8_acts_fill_blocks(j->xq[q], j->xq_type[q], quantized[q], C, 0, j->T, c0 / RWKVX_QK, c1 / RWKVX_QK);
 }
 
-static void time_mix_v7(const rwkvx_model *m, const rwkvx_layer *L, int32_t layer, scratch *s, int64_t T,
-                        const row_states *rs, size_t layer_offset, float *v_first) {
+/* x: the layer's input; its layer norm and token shift are done here when v7_by_channels (else by
+ * the caller, into s->a and s->prev). */
+static void time_mix_v7(const rwkvx_model *m, const rwkvx_layer *L, int32_t layer, scratch *s, const float *x,
+                        int64_t T, const row_states *rs, size_t layer_offset, float *v_first) {
     const int64_t C = m->n_embd, H = m->n_head;
     const rwkvx_tensor *rkv[3] = {mat(L, RWKVX_ATT_R), mat(L, RWKVX_ATT_K), mat(L, RWKVX_ATT_V)};
-    v7_mix_job mix = {L, s, C, T, {NULL, NULL, NULL}, {rkv[0]->type, rkv[1]->type, rkv[2]->type}};
+    v7_mix_job mix = {L, s, C, T, x, rs, layer_offset + (size_t)C, {NULL, NULL, NULL},
+                      {rkv[0]->type, rkv[1]->type, rkv[2]->type}}; /* att_xx: the layer's second C floats */
     rwkvx_q8_acts rkv_q[3];
-    if (m->pool == NULL || T >= PARALLEL_ROWS_MIN_TOKENS || C % MIX_GRAIN != 0) {
-        if (m->pool != NULL && T >= PARALLEL_ROWS_MIN_TOKENS)
-            rwkvx_pool_run(m->pool, v7_mix_task, &mix, T, 1);
-        else
-            v7_mix_task(&mix, 0, T);
-    } else {
+    if (v7_by_channels(m, T)) {
         for (int q = 0; q < 3; q++)
             if (rwkvx_type_is_quantized(rkv[q]->type)) {
                 if (rwkvx_q8_acts_alloc(&rkv_q[q], T, C) != RWKVX_OK) abort(); /* as in matmul_then */
                 mix.xq[q] = &rkv_q[q];
             }
-        rwkvx_pool_run(m->pool, v7_mix_channels, &mix, C, MIX_GRAIN);
+        rwkvx_pool_run(m->pool, v7_mix_channels, &mix, C, CHANNEL_GRAIN);
+    } else if (m->pool != NULL && T >= PARALLEL_ROWS_MIN_TOKENS) {
+        rwkvx_pool_run(m->pool, v7_mix_task, &mix, T, 1);
+    } else {
+        v7_mix_task(&mix, 0, T);
     }
     float *xr = s->mix[0], *xw = s->mix[1], *xk = s->mix[2], *xv = s->mix[3], *xa = s->mix[4], *xg = s->mix[5];
     /* every product first (their inputs are the mixes), then the per-head work */
@@ -615,14 +676,16 @@ static int run_layers_chunk(const rwkvx_model *m, int32_t begin, int32_t end, fl
     for (int32_t i = begin; i < end; i++) {
         const rwkvx_layer *L = &m->layers[i];
         const size_t st = (size_t)i * per_layer; /* the layer's [ffn_xx, att_xx, ...] in a row's state */
-        layer_norm(m, x, s->a, T, C, vec(L, RWKVX_LN1_W), vec(L, RWKVX_LN1_B));
-        token_shift(s->a, s->prev, T, C, rs, st + (size_t)C);
+        if (!v7_by_channels(m, T)) { /* else time_mix_v7 does them */
+            layer_norm(m, x, s->a, T, C, vec(L, RWKVX_LN1_W), vec(L, RWKVX_LN1_B));
+            token_shift(s->a, s->prev, T, C, rs, st + (size_t)C);
+        }
         switch (m->arch) {
         case RWKVX_ARCH_V4: time_mix_v4(m, L, s, T, rs, st); break;
         case RWKVX_ARCH_V5_1:
         case RWKVX_ARCH_V5_2: time_mix_v5(m, L, s, T, rs, st); break;
         case RWKVX_ARCH_V6: time_mix_v6(m, L, s, T, rs, st); break;
-        case RWKVX_ARCH_V7: time_mix_v7(m, L, i, s, T, rs, st, v_first); break;
+        case RWKVX_ARCH_V7: time_mix_v7(m, L, i, s, x, T, rs, st, v_first); break;
         default: return RWKVX_ERR_ARGUMENT;
         }
         add_rows(x, s->out, T * C);

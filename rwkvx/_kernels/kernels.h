@@ -182,6 +182,10 @@ uint64_t rwkvx_read_stream(const void *data, size_t n_bytes);
 void rwkvx_layer_norm_ref(const float *x, float *out, int64_t n_tokens, int64_t n,
                           const float *weight, const float *bias, float eps);
 /* Per-head normalization of each row's S-float slices, then one affine over the row. */
+/* The same for one token, writing only channels [c_begin, c_end) of out (the statistics
+ * are still those of all n): threads can share a token's channels, with the same floats. */
+void rwkvx_layer_norm_channels(const float *x, float *out, int64_t n, int64_t c_begin, int64_t c_end,
+                               const float *weight, const float *bias, float eps);
 void rwkvx_group_norm_ref(const float *x, float *out, int64_t n_tokens, int64_t n_head,
                           int64_t head_size, const float *weight, const float *bias, float eps);
 

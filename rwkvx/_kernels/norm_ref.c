@@ -12,9 +12,9 @@ static double combine(const double *acc) {
     return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
 }
 
-/* Normalize n floats to zero mean and unit variance, two passes in double so
- * large offsets do not cancel. */
-static void normalize(const float *x, float *out, int64_t n, float eps) {
+/* Mean and 1 / sqrt(variance + eps) of n floats, two passes in double so large
+ * offsets do not cancel. */
+static void moments(const float *x, int64_t n, float eps, double *mean_out, double *inv_out) {
     double acc[NORM_LANES] = {0};
     int64_t i = 0;
     for (; i + NORM_LANES <= n; i += NORM_LANES)
@@ -31,9 +31,25 @@ static void normalize(const float *x, float *out, int64_t n, float eps) {
         const double d = x[i] - mean;
         sq[l] += d * d;
     }
-    const double var = combine(sq) / (double)n;
-    const double inv = 1.0 / sqrt(var + eps);
+    *mean_out = mean;
+    *inv_out = 1.0 / sqrt(combine(sq) / (double)n + eps);
+}
+
+/* Normalize n floats to zero mean and unit variance. */
+static void normalize(const float *x, float *out, int64_t n, float eps) {
+    double mean, inv;
+    moments(x, n, eps, &mean, &inv);
     for (int64_t i = 0; i < n; i++) out[i] = (float)((x[i] - mean) * inv);
+}
+
+void rwkvx_layer_norm_channels(const float *x, float *out, int64_t n, int64_t c_begin, int64_t c_end,
+                               const float *weight, const float *bias, float eps) {
+    double mean, inv;
+    moments(x, n, eps, &mean, &inv);
+    for (int64_t i = c_begin; i < c_end; i++) {
+        const float normalized = (float)((x[i] - mean) * inv);
+        out[i] = normalized * weight[i] + bias[i];
+    }
 }
 
 void rwkvx_layer_norm_ref(const float *x, float *out, int64_t n_tokens, int64_t n,
