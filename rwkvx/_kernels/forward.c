@@ -333,6 +333,10 @@ static void v7_ffn_input_channels(void *ctx, int64_t c0, int64_t c1) {
     scratch *s = j->s;
     const int64_t C = j->C;
     float *f = s->a, *q = s->prev, *xk = s->mix[0];
+    for (int64_t i = c0; i < c1; i += 16) { /* as in v7_mix_channels */
+        __builtin_prefetch(vec(j->L, RWKVX_FFN_X_K) + i, 0, 3);
+        __builtin_prefetch(xk + i, 1, 3);
+    }
     norm_and_shift_channels(j->x, f, q, j->T, C, vec(j->L, RWKVX_LN2_W), vec(j->L, RWKVX_LN2_B), j->rs,
                             j->shift_offset, c0, c1);
     for (int64_t t = 0; t < j->T; t++)
@@ -521,6 +525,11 @@ static void v7_gates_task(void *ctx, int64_t h0, int64_t h1) {
     scratch *s = j->s;
     const int64_t C = j->m->n_embd, S = j->m->head_size;
     const int first = j->layer == 0;
+    /* the layer's vectors are cold: ask for all of this range at once rather than one loop's at a time */
+    const float *cold[] = {vec(L, RWKVX_W0), vec(L, RWKVX_A0), vec(L, RWKVX_K_K), vec(L, RWKVX_K_A),
+                           first ? NULL : vec(L, RWKVX_V0), j->v_first};
+    for (size_t v = 0; v < sizeof cold / sizeof cold[0]; v++)
+        for (int64_t i = h0 * S; i < h1 * S && cold[v] != NULL; i += 16) __builtin_prefetch(cold[v] + i, 0, 3);
     for (int64_t t = 0; t < j->T; t++) {
         const int64_t o = t * C;
         const rwkvx_v7_gates g = {vec(L, RWKVX_W0), vec(L, RWKVX_A0), vec(L, RWKVX_K_K), vec(L, RWKVX_K_A),
@@ -585,6 +594,13 @@ static void v7_mix_channels(void *ctx, int64_t c0, int64_t c1) {
     const v7_mix_job *j = ctx;
     scratch *s = j->s;
     const int64_t C = j->C;
+    /* the mixes' weights are cold and their outputs lines the products last read: ask for both now, so
+     * that they arrive while the layer norm's statistics are computed */
+    for (int c = 0; c < 6; c++)
+        for (int64_t i = c0; i < c1; i += 16) {
+            __builtin_prefetch(vec(j->L, RWKVX_X_RWKVAG) + c * C + i, 0, 3);
+            __builtin_prefetch(s->mix[c] + i, 1, 3);
+        }
     norm_and_shift_channels(j->x, s->a, s->prev, j->T, C, vec(j->L, RWKVX_LN1_W), vec(j->L, RWKVX_LN1_B), j->rs,
                             j->shift_offset, c0, c1);
     const float *x_rwkvag = vec(j->L, RWKVX_X_RWKVAG);
