@@ -308,9 +308,24 @@ static int v7_by_channels(const rwkvx_model *m, int64_t T) {
     return m->arch == RWKVX_ARCH_V7 && m->pool != NULL && T < PARALLEL_ROWS_MIN_TOKENS && m->n_embd % CHANNEL_GRAIN == 0;
 }
 
-/* Layer norm and token shift of channels [c0, c1) of every token: a = LN(x), prev = shifted a. */
+/* Ask for floats [c0, c1) of p (to write them, if `write`) without waiting for them. */
+static void prefetch_channels(const float *p, int64_t c0, int64_t c1, int write) {
+    for (int64_t i = c0; i < c1; i += 16) {
+        if (write)
+            __builtin_prefetch(p + i, 1, 3);
+        else
+            __builtin_prefetch(p + i, 0, 3);
+    }
+}
+
+/* Layer norm and token shift of channels [c0, c1) of every token: a = LN(x), prev = shifted a. Its cold
+ * inputs (the norm's weights, the shift state) are asked for first, to arrive while the statistics of
+ * all channels are computed. */
 static void norm_and_shift_channels(const float *x, float *a, float *prev, int64_t T, int64_t C, const float *weight,
                                     const float *bias, const row_states *rs, size_t offset, int64_t c0, int64_t c1) {
+    prefetch_channels(weight, c0, c1, 0);
+    prefetch_channels(bias, c0, c1, 0);
+    prefetch_channels(row_state(rs, 0, offset), c0, c1, 1);
     for (int64_t t = 0; t < T; t++) rwkvx_layer_norm_channels(x + t * C, a + t * C, C, c0, c1, weight, bias, 1e-5f);
     token_shift_channels(a, prev, T, C, rs, offset, c0, c1);
 }
@@ -333,10 +348,8 @@ static void v7_ffn_input_channels(void *ctx, int64_t c0, int64_t c1) {
     scratch *s = j->s;
     const int64_t C = j->C;
     float *f = s->a, *q = s->prev, *xk = s->mix[0];
-    for (int64_t i = c0; i < c1; i += 16) { /* as in v7_mix_channels */
-        __builtin_prefetch(vec(j->L, RWKVX_FFN_X_K) + i, 0, 3);
-        __builtin_prefetch(xk + i, 1, 3);
-    }
+    prefetch_channels(vec(j->L, RWKVX_FFN_X_K), c0, c1, 0); /* as in v7_mix_channels */
+    prefetch_channels(xk, c0, c1, 1);
     norm_and_shift_channels(j->x, f, q, j->T, C, vec(j->L, RWKVX_LN2_W), vec(j->L, RWKVX_LN2_B), j->rs,
                             j->shift_offset, c0, c1);
     for (int64_t t = 0; t < j->T; t++)
@@ -529,7 +542,7 @@ static void v7_gates_task(void *ctx, int64_t h0, int64_t h1) {
     const float *cold[] = {vec(L, RWKVX_W0), vec(L, RWKVX_A0), vec(L, RWKVX_K_K), vec(L, RWKVX_K_A),
                            first ? NULL : vec(L, RWKVX_V0), j->v_first};
     for (size_t v = 0; v < sizeof cold / sizeof cold[0]; v++)
-        for (int64_t i = h0 * S; i < h1 * S && cold[v] != NULL; i += 16) __builtin_prefetch(cold[v] + i, 0, 3);
+        if (cold[v] != NULL) prefetch_channels(cold[v], h0 * S, h1 * S, 0);
     for (int64_t t = 0; t < j->T; t++) {
         const int64_t o = t * C;
         const rwkvx_v7_gates g = {vec(L, RWKVX_W0), vec(L, RWKVX_A0), vec(L, RWKVX_K_K), vec(L, RWKVX_K_A),
@@ -596,11 +609,10 @@ static void v7_mix_channels(void *ctx, int64_t c0, int64_t c1) {
     const int64_t C = j->C;
     /* the mixes' weights are cold and their outputs lines the products last read: ask for both now, so
      * that they arrive while the layer norm's statistics are computed */
-    for (int c = 0; c < 6; c++)
-        for (int64_t i = c0; i < c1; i += 16) {
-            __builtin_prefetch(vec(j->L, RWKVX_X_RWKVAG) + c * C + i, 0, 3);
-            __builtin_prefetch(s->mix[c] + i, 1, 3);
-        }
+    for (int c = 0; c < 6; c++) {
+        prefetch_channels(vec(j->L, RWKVX_X_RWKVAG) + c * C, c0, c1, 0);
+        prefetch_channels(s->mix[c], c0, c1, 1);
+    }
     norm_and_shift_channels(j->x, s->a, s->prev, j->T, C, vec(j->L, RWKVX_LN1_W), vec(j->L, RWKVX_LN1_B), j->rs,
                             j->shift_offset, c0, c1);
     const float *x_rwkvag = vec(j->L, RWKVX_X_RWKVAG);
