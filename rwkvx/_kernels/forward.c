@@ -84,6 +84,15 @@ static void quantize_rows(void *ctx, int64_t begin, int64_t end) {
     rwkvx_q8_acts_fill(q->xq, q->weight_type, q->x, q->ldx, begin, end);
 }
 
+/* buf prepared for T rows of a product's activations when w is quantized (the product then
+ * takes them quantized, see matmul_then), else NULL (it takes floats). */
+static rwkvx_q8_acts *quantized_input(rwkvx_q8_acts *buf, const rwkvx_tensor *w, int64_t T) {
+    if (!rwkvx_type_is_quantized(w->type)) return NULL;
+    /* no error path out of the layer code: like the kernels' row buffers, only exhausted memory fails */
+    if (rwkvx_q8_acts_alloc(buf, T, w->n_in) != RWKVX_OK) abort();
+    return buf;
+}
+
 /* y = W x for T rows, then `then` (if not NULL) over the output rows each thread
  * computed, split at multiples of `grain` rows. Quantized weights: the activations
  * are quantized once here, for all T rows, and every thread's slice of rows reads
@@ -94,9 +103,7 @@ static void matmul_then(const rwkvx_model *m, const rwkvx_tensor *w, const float
     matmul_job job = {w, x, ldx, T, xq, y, ldy, then, then_ctx};
     rwkvx_q8_acts own;
     const int parallel = m->pool != NULL && bytes >= m->parallel_min_bytes;
-    if (rwkvx_type_is_quantized(w->type) && xq == NULL) {
-        /* no error path out of the layer code: like the kernels' row buffers, only exhausted memory fails */
-        if (rwkvx_q8_acts_alloc(&own, T, w->n_in) != RWKVX_OK) abort();
+    if (xq == NULL && quantized_input(&own, w, T) != NULL) {
         quantize_job q = {&own, w->type, x, ldx};
         if (parallel && T >= PARALLEL_QUANTIZE_MIN_TOKENS)
             rwkvx_pool_run(m->pool, quantize_rows, &q, T, 1);
@@ -114,6 +121,12 @@ static void matmul_then(const rwkvx_model *m, const rwkvx_tensor *w, const float
 static void matmul(const rwkvx_model *m, const rwkvx_tensor *w, const float *x, int64_t ldx, int64_t T, float *y,
                    int64_t ldy) {
     matmul_then(m, w, x, NULL, ldx, T, y, ldy, NULL, NULL, RWKVX_ROW_GRAIN);
+}
+
+/* Quantize channels [c0, c1) (whole blocks) of T rows of x into xq, if not NULL: a thread's part. */
+static void quantize_channels(rwkvx_q8_acts *xq, int weight_type, const float *x, int64_t ldx, int64_t T,
+                              int64_t c0, int64_t c1) {
+    if (xq != NULL) rwkvx_q8_acts_fill_blocks(xq, weight_type, x, ldx, 0, T, c0 / RWKVX_QK, c1 / RWKVX_QK);
 }
 
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -233,8 +246,7 @@ typedef struct hidden_job {
 static void hidden_rows(void *ctx, int64_t begin, int64_t end) {
     const hidden_job *j = ctx;
     for (int64_t t = 0; t < j->T; t++) relu_square(j->h + t * j->n + begin, end - begin);
-    if (j->xq != NULL)
-        rwkvx_q8_acts_fill_blocks(j->xq, j->weight_type, j->h, j->n, 0, j->T, begin / RWKVX_QK, end / RWKVX_QK);
+    quantize_channels(j->xq, j->weight_type, j->h, j->n, j->T, begin, end);
 }
 
 /* Layer norm (group_size 0) or group norm of rows [begin, end), and tanh /
@@ -348,13 +360,13 @@ static void v7_ffn_input_channels(void *ctx, int64_t c0, int64_t c1) {
     scratch *s = j->s;
     const int64_t C = j->C;
     float *f = s->a, *q = s->prev, *xk = s->mix[0];
-    prefetch_channels(vec(j->L, RWKVX_FFN_X_K), c0, c1, 0); /* as in v7_mix_channels */
+    const float *mu = vec(j->L, RWKVX_FFN_X_K);
+    prefetch_channels(mu, c0, c1, 0); /* as in v7_mix_channels */
     prefetch_channels(xk, c0, c1, 1);
     norm_and_shift_channels(j->x, f, q, j->T, C, vec(j->L, RWKVX_LN2_W), vec(j->L, RWKVX_LN2_B), j->rs,
                             j->shift_offset, c0, c1);
-    for (int64_t t = 0; t < j->T; t++)
-        delta_mix(f + t * C + c0, q + t * C + c0, vec(j->L, RWKVX_FFN_X_K) + c0, 1, c1 - c0, xk + t * C + c0);
-    if (j->xq != NULL) rwkvx_q8_acts_fill_blocks(j->xq, j->xq_type, xk, C, 0, j->T, c0 / RWKVX_QK, c1 / RWKVX_QK);
+    for (int64_t t = 0; t < j->T; t++) delta_mix(f + t * C + c0, q + t * C + c0, mu + c0, 1, c1 - c0, xk + t * C + c0);
+    quantize_channels(j->xq, j->xq_type, xk, C, j->T, c0, c1);
 }
 
 static void channel_mix(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, int64_t T, float *x,
@@ -365,10 +377,7 @@ static void channel_mix(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
     rwkvx_q8_acts xk_q;
     ffn_input_job input = {L, s, x, T, C, rs, layer_offset, NULL, key->type}; /* ffn_xx: the layer's first C floats */
     if (v7_by_channels(m, T)) {
-        if (rwkvx_type_is_quantized(key->type)) {
-            if (rwkvx_q8_acts_alloc(&xk_q, T, C) != RWKVX_OK) abort(); /* as in matmul_then */
-            input.xq = &xk_q;
-        }
+        input.xq = quantized_input(&xk_q, key, T);
         rwkvx_pool_run(m->pool, v7_ffn_input_channels, &input, C, CHANNEL_GRAIN);
     } else {
         layer_norm(m, x, f, T, C, vec(L, RWKVX_LN2_W), vec(L, RWKVX_LN2_B));
@@ -388,11 +397,7 @@ static void channel_mix(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
     }
     const rwkvx_tensor *value = mat(L, RWKVX_FFN_V);
     rwkvx_q8_acts hq;
-    hidden_job hidden = {s->hidden, F, T, NULL, value->type};
-    if (rwkvx_type_is_quantized(value->type)) {
-        if (rwkvx_q8_acts_alloc(&hq, T, F) != RWKVX_OK) abort(); /* as in matmul_then */
-        hidden.xq = &hq;
-    }
+    hidden_job hidden = {s->hidden, F, T, quantized_input(&hq, value, T), value->type};
     matmul_then(m, key, xk, input.xq, C, T, s->hidden, F, hidden_rows, &hidden, HIDDEN_GRAIN);
     if (input.xq != NULL) rwkvx_q8_acts_free(&xk_q);
     matmul_then(m, value, s->hidden, hidden.xq, F, T, s->out, C, NULL, NULL, RWKVX_ROW_GRAIN);
@@ -577,8 +582,7 @@ static void v7_wkv_task(void *ctx, int64_t h0, int64_t h1) {
             for (int64_t i = 0; i < S; i++) bonus += s->r[o + i] * s->k[o + i] * r_k[c + i];
             for (int64_t i = 0; i < S; i++) y[i] = (y[i] + bonus * s->v[o + i]) * s->g[o + i];
         }
-    if (j->yq != NULL)
-        rwkvx_q8_acts_fill_blocks(j->yq, j->yq_type, s->y, C, 0, j->T, h0 * S / RWKVX_QK, h1 * S / RWKVX_QK);
+    quantize_channels(j->yq, j->yq_type, s->y, C, j->T, h0 * S, h1 * S);
 }
 
 /* The six token-shift mixes of v7, for tokens [t0, t1). */
@@ -607,23 +611,21 @@ static void v7_mix_channels(void *ctx, int64_t c0, int64_t c1) {
     const v7_mix_job *j = ctx;
     scratch *s = j->s;
     const int64_t C = j->C;
+    const float *x_rwkvag = vec(j->L, RWKVX_X_RWKVAG);
     /* the mixes' weights are cold and their outputs lines the products last read: ask for both now, so
      * that they arrive while the layer norm's statistics are computed */
     for (int c = 0; c < 6; c++) {
-        prefetch_channels(vec(j->L, RWKVX_X_RWKVAG) + c * C, c0, c1, 0);
+        prefetch_channels(x_rwkvag + c * C, c0, c1, 0);
         prefetch_channels(s->mix[c], c0, c1, 1);
     }
     norm_and_shift_channels(j->x, s->a, s->prev, j->T, C, vec(j->L, RWKVX_LN1_W), vec(j->L, RWKVX_LN1_B), j->rs,
                             j->shift_offset, c0, c1);
-    const float *x_rwkvag = vec(j->L, RWKVX_X_RWKVAG);
     for (int c = 0; c < 6; c++)
         for (int64_t t = 0; t < j->T; t++)
             delta_mix(s->a + t * C + c0, s->prev + t * C + c0, x_rwkvag + c * C + c0, 1, c1 - c0,
                       s->mix[c] + t * C + c0);
     const float *quantized[3] = {s->mix[0], s->mix[2], s->mix[3]}; /* xr, xk, xv */
-    for (int q = 0; q < 3; q++)
-        if (j->xq[q] != NULL)
-            rwkvx_q8_acts_fill_blocks(j->xq[q], j->xq_type[q], quantized[q], C, 0, j->T, c0 / RWKVX_QK, c1 / RWKVX_QK);
+    for (int q = 0; q < 3; q++) quantize_channels(j->xq[q], j->xq_type[q], quantized[q], C, j->T, c0, c1);
 }
 
 /* x: the layer's input; its layer norm and token shift are done here when v7_by_channels (else by
@@ -636,11 +638,7 @@ static void time_mix_v7(const rwkvx_model *m, const rwkvx_layer *L, int32_t laye
                       {rkv[0]->type, rkv[1]->type, rkv[2]->type}}; /* att_xx: the layer's second C floats */
     rwkvx_q8_acts rkv_q[3];
     if (v7_by_channels(m, T)) {
-        for (int q = 0; q < 3; q++)
-            if (rwkvx_type_is_quantized(rkv[q]->type)) {
-                if (rwkvx_q8_acts_alloc(&rkv_q[q], T, C) != RWKVX_OK) abort(); /* as in matmul_then */
-                mix.xq[q] = &rkv_q[q];
-            }
+        for (int q = 0; q < 3; q++) mix.xq[q] = quantized_input(&rkv_q[q], rkv[q], T);
         rwkvx_pool_run(m->pool, v7_mix_channels, &mix, C, CHANNEL_GRAIN);
     } else if (m->pool != NULL && T >= PARALLEL_ROWS_MIN_TOKENS) {
         rwkvx_pool_run(m->pool, v7_mix_task, &mix, T, 1);
@@ -663,10 +661,7 @@ static void time_mix_v7(const rwkvx_model *m, const rwkvx_layer *L, int32_t laye
     v7_heads_job heads = {m, L, s, T, layer, v_first, rs, layer_offset + 2 * (size_t)C, NULL, output->type};
     /* threads quantize y for the output product head by head: each head whole blocks, and whole cache lines of
      * them (two blocks at least) so threads never share one */
-    if (rwkvx_type_is_quantized(output->type) && m->head_size % (2 * RWKVX_QK) == 0) {
-        if (rwkvx_q8_acts_alloc(&yq, T, C) != RWKVX_OK) abort(); /* as in matmul_then */
-        heads.yq = &yq;
-    }
+    if (m->head_size % (2 * RWKVX_QK) == 0) heads.yq = quantized_input(&yq, output, T);
     rwkvx_pool_run(m->pool, v7_gates_task, &heads, H, 1);
     rwkvx_pool_run(m->pool, v7_wkv_task, &heads, H, 1);
     matmul_then(m, output, s->y, heads.yq, C, T, s->out, C, NULL, NULL, RWKVX_ROW_GRAIN);
