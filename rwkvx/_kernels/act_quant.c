@@ -85,42 +85,46 @@ void rwkvx_quantize_blocks_ref(const float *x, int64_t n_blocks, int8_t *q, floa
         quantize_block(x + b * RWKVX_QK, q + b * RWKVX_QK, d_stored + b, d_exact + b, sum + b);
 }
 
-/* The buffer of the calling thread's last product, kept for its next one: a
- * sequence call quantizes activations for every product of every layer, and a
- * fresh allocation of this size is a fresh mapping whose pages the kernel must
- * fault in and clear each time. Freed when the thread exits. */
+/* The buffers of the calling thread's last products, kept for its next ones: a
+ * token quantizes activations for every product of every layer, several of them
+ * at once at few tokens (forward.c quantizes the inputs of r, k and v together),
+ * and a fresh allocation of this size is a fresh mapping whose pages the kernel
+ * must fault in and clear each time. Freed when the thread exits. */
+#define CACHED_BUFFERS 8
+
 static pthread_key_t cached_buffer_key;
 static pthread_once_t cached_buffer_once = PTHREAD_ONCE_INIT;
 
-typedef struct cached_buffer {
-    void *memory;
-    size_t bytes;
-} cached_buffer;
+typedef struct cached_buffers {
+    void *memory[CACHED_BUFFERS]; /* NULL: a free slot */
+    size_t bytes[CACHED_BUFFERS];
+} cached_buffers;
 
-static void free_cached_buffer(void *p) {
-    cached_buffer *c = p;
-    free(c->memory);
+static void free_cached_buffers(void *p) {
+    cached_buffers *c = p;
+    for (int i = 0; i < CACHED_BUFFERS; i++) free(c->memory[i]);
     free(c);
 }
 
-static void create_cached_buffer_key(void) { (void)pthread_key_create(&cached_buffer_key, free_cached_buffer); }
+static void create_cached_buffer_key(void) { (void)pthread_key_create(&cached_buffer_key, free_cached_buffers); }
 
-/* A 64-byte aligned buffer of at least n bytes: the thread's cached one if large enough. */
+/* A 64-byte aligned buffer of at least n bytes: the smallest cached one large enough, if any. */
 static void *take_buffer(size_t n) {
     pthread_once(&cached_buffer_once, create_cached_buffer_key);
-    cached_buffer *c = pthread_getspecific(cached_buffer_key);
-    if (c != NULL && c->bytes >= n) {
-        void *memory = c->memory;
-        c->memory = NULL;
-        c->bytes = 0;
-        return memory;
-    }
-    return aligned_alloc(64, (n + 63) / 64 * 64);
+    cached_buffers *c = pthread_getspecific(cached_buffer_key);
+    int best = -1;
+    for (int i = 0; c != NULL && i < CACHED_BUFFERS; i++)
+        if (c->memory[i] != NULL && c->bytes[i] >= n && (best < 0 || c->bytes[i] < c->bytes[best])) best = i;
+    if (best < 0) return aligned_alloc(64, (n + 63) / 64 * 64);
+    void *memory = c->memory[best];
+    c->memory[best] = NULL;
+    return memory;
 }
 
-/* Keep the buffer for the thread's next product (the larger of it and the cached one). */
+/* Keep the buffer for the thread's next products: in a free slot, else in place of the smallest cached
+ * one if it is larger. */
 static void give_back_buffer(void *memory, size_t n) {
-    cached_buffer *c = pthread_getspecific(cached_buffer_key);
+    cached_buffers *c = pthread_getspecific(cached_buffer_key);
     if (c == NULL) {
         c = calloc(1, sizeof *c);
         if (c == NULL || pthread_setspecific(cached_buffer_key, c) != 0) {
@@ -129,13 +133,21 @@ static void give_back_buffer(void *memory, size_t n) {
             return;
         }
     }
-    if (c->bytes >= n) {
+    int slot = 0;
+    for (int i = 0; i < CACHED_BUFFERS; i++) {
+        if (c->memory[i] == NULL) {
+            slot = i;
+            break;
+        }
+        if (c->bytes[i] < c->bytes[slot]) slot = i;
+    }
+    if (c->memory[slot] != NULL && c->bytes[slot] >= n) {
         free(memory);
         return;
     }
-    free(c->memory);
-    c->memory = memory;
-    c->bytes = n;
+    free(c->memory[slot]);
+    c->memory[slot] = memory;
+    c->bytes[slot] = n;
 }
 
 int rwkvx_q8_acts_alloc(rwkvx_q8_acts *a, int64_t n_tokens, int64_t n_in) {
