@@ -7,7 +7,7 @@
  * every (row, token) pair, so loaded vectors are shared and the loop runs near
  * the multiply-add rate. The last step of a row whose length is not a multiple
  * of 16 is masked (the missing lanes read as zero). The accumulators of a tile
- * are then reduced together by one transpose-and-add tree (reduce_tile), which
+ * are then reduced together by one transpose-and-add tree (rwkvx_reduce16), which
  * adds the lanes of each output in the same fixed order whoever shares its tile.
  *
  * So one output y[t][o] is always the same sequence of operations, whatever
@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "reduce16_avx512.h"
 
 #define F_ROWS 4
 #define F_TOKENS 2 /* 4 rows x 2 tokens x 2 accumulators: 16 of the 32 vector registers */
@@ -48,26 +49,6 @@ FORCE_INLINE __m512 load_weights(int type, const uint8_t *row, int64_t i, __mmas
 FORCE_INLINE __m512 load_weights_full(int type, const uint8_t *row, int64_t i) {
     if (type == RWKVX_TYPE_F32) return _mm512_loadu_ps(row + 4 * i);
     return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(row + 2 * i)));
-}
-
-/* Sixteen accumulators -> one vector whose lane k is the sum of acc[k]'s lanes.
- * Every output's lanes are added in the same tree, (l + l^8), then (l + l^4),
- * (l + l^2), (l + l^1), whichever accumulators share the vector with it. */
-FORCE_INLINE __m512 reduce_tile(const __m512 acc[16]) {
-    __m512 c[8], d[4], e[2];
-    for (int k = 0; k < 8; k++) /* c[k]: acc[2k] and acc[2k+1], 8 partial sums each */
-        c[k] = _mm512_add_ps(_mm512_shuffle_f32x4(acc[2 * k], acc[2 * k + 1], 0x44),
-                             _mm512_shuffle_f32x4(acc[2 * k], acc[2 * k + 1], 0xee));
-    for (int k = 0; k < 4; k++) /* d[k]: 128-bit lane q holds output 4k + q, 4 partial sums */
-        d[k] = _mm512_add_ps(_mm512_shuffle_f32x4(c[2 * k], c[2 * k + 1], _MM_SHUFFLE(2, 0, 2, 0)),
-                             _mm512_shuffle_f32x4(c[2 * k], c[2 * k + 1], _MM_SHUFFLE(3, 1, 3, 1)));
-    for (int k = 0; k < 2; k++) /* e[k]: lane q holds outputs 8k + q and 8k + 4 + q, 2 partial sums each */
-        e[k] = _mm512_add_ps(_mm512_shuffle_ps(d[2 * k], d[2 * k + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-                             _mm512_shuffle_ps(d[2 * k], d[2 * k + 1], _MM_SHUFFLE(3, 2, 3, 2)));
-    /* lane 4q + j now holds output 4j + q: permute to output order */
-    const __m512 f = _mm512_add_ps(_mm512_shuffle_ps(e[0], e[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                                   _mm512_shuffle_ps(e[0], e[1], _MM_SHUFFLE(3, 1, 3, 1)));
-    return _mm512_permutexvar_ps(_mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0), f);
 }
 
 /* Where row r of a tile stands `ahead` bytes further on: past the row's end, the same row of
@@ -122,7 +103,7 @@ FORCE_INLINE void float_tile(int type, const uint8_t *rows, size_t rb, int nr, c
     }
     for (int k = 0; k < 16; k++) even[k] = _mm512_add_ps(even[k], odd[k]);
     float out[16];
-    _mm512_storeu_ps(out, reduce_tile(even));
+    _mm512_storeu_ps(out, rwkvx_reduce16(even));
     for (int t = 0; t < nt; t++)
         for (int r = 0; r < nr; r++) y[t * ldy + r] = out[4 * t + r];
 }

@@ -1,8 +1,9 @@
-/* The v7 recurrence, as C that each kernel level compiles with its own flags
- * (wkv_ref.c, wkv7_avx2.c, wkv7_avx512.c): the compiler turns its 8-lane sums
- * and row updates into that level's vectors. Under -std=c11 nothing is
- * contracted into fused multiply-adds and no sum is reordered, so every level
- * computes exactly the same floats; wider vectors only do them faster.
+/* The v7 recurrence, as C that kernel levels compile with their own flags
+ * (wkv_ref.c, wkv7_avx2.c): the compiler turns its 16-lane sums and row
+ * updates into that level's vectors. Under -std=c11 nothing is contracted into
+ * fused multiply-adds and no sum is reordered, so every level computes exactly
+ * the same floats; wider vectors only do them faster. wkv7_avx512.c writes the
+ * same operations out by hand, sixteen rows at a time.
  */
 #ifndef RWKVX_WKV7_BODY_H
 #define RWKVX_WKV7_BODY_H
@@ -35,13 +36,13 @@ static inline void wkv7_heads(int64_t n_tokens, int64_t n_head, int64_t S, int64
                     __builtin_prefetch(M + i * S + 1024 + line, 1, 2);
                 }
                 float sa[WKV_ROWS];
-                for (int q = 0; q < rows; q++) sa[q] = dot_lanes(a + o, M + (i + q) * S, S);
+                for (int q = 0; q < rows; q++) sa[q] = dot16_lanes(a + o, M + (i + q) * S, S);
                 for (int q = 0; q < rows; q++) {
                     float *Mi = M + (i + q) * S;
                     for (int64_t j = 0; j < S; j++)
                         Mi[j] = Mi[j] * w[o + j] + v[o + i + q] * k[o + j] + sa[q] * b[o + j];
                 }
-                for (int q = 0; q < rows; q++) y[o + i + q] = dot_lanes(M + (i + q) * S, r + o, S);
+                for (int q = 0; q < rows; q++) y[o + i + q] = dot16_lanes(M + (i + q) * S, r + o, S);
             }
         }
     }
