@@ -11,30 +11,10 @@
 #include <immintrin.h>
 
 #include "kernels.h"
+#include "reduce16_avx512.h"
 
 #define GROUP 16 /* blocks whose scales are computed together: one per lane */
 #define NOT_FINITE 0x99 /* vfpclassps categories: quiet NaN, signalling NaN, +inf, -inf */
-
-/* Sixteen vectors -> one whose lane k is the max of v[k]'s lanes. */
-static inline __m512 lane_maxima(__m512 v[GROUP]) {
-    for (int width = GROUP; width > 1; width /= 2) /* each round folds pairs: half as many vectors */
-        for (int k = 0; k < width / 2; k++) {
-            const __m512 a = v[2 * k], b = v[2 * k + 1];
-            if (width == GROUP) /* 256-bit halves: a's, then b's */
-                v[k] = _mm512_max_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xee));
-            else if (width == GROUP / 2) /* 128-bit quarters */
-                v[k] = _mm512_max_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)),
-                                     _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
-            else if (width == GROUP / 4)
-                v[k] = _mm512_max_ps(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
-                                     _mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
-            else
-                v[k] = _mm512_max_ps(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)),
-                                     _mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
-        }
-    /* lane 4q + j now holds vector 4j + q: back to vector order */
-    return _mm512_permutexvar_ps(_mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0), v[0]);
-}
 
 /* One finite block's quants and their sum, given the inverse scale. */
 static inline void quantize_with(const float *x, float id, int8_t *q, int32_t *sum) {
@@ -71,7 +51,7 @@ void rwkvx_quantize_blocks_avx512(const float *x, int64_t n_blocks, int8_t *q, f
             if (_mm512_fpclass_ps_mask(lo, NOT_FINITE) | _mm512_fpclass_ps_mask(hi, NOT_FINITE)) special |= 1u << k;
             block_max[k] = _mm512_max_ps(_mm512_abs_ps(lo), _mm512_abs_ps(hi));
         }
-        const __m512 amax = lane_maxima(block_max);
+        const __m512 amax = rwkvx_max16(block_max);
         const __m512 d = _mm512_div_ps(amax, _mm512_set1_ps(127.0f));
         const __m512 id = _mm512_maskz_div_ps(_mm512_cmp_ps_mask(d, _mm512_setzero_ps(), _CMP_NEQ_OQ),
                                               _mm512_set1_ps(1.0f), d);
