@@ -13,7 +13,7 @@
 
 #include "kernels.h"
 
-#define LANES 8 /* per-block fields are 8-lane vectors (one ymm, half a zmm) */
+#define LANES 8 /* the lane-vector copies of a block's scalars: one ymm, half a zmm */
 
 int rwkvx_type_is_quantized(int type) { return type != RWKVX_TYPE_F32 && type != RWKVX_TYPE_F16; }
 
@@ -153,17 +153,20 @@ static void give_back_buffer(void *memory, size_t n) {
 int rwkvx_q8_acts_alloc(rwkvx_q8_acts *a, int64_t n_tokens, int64_t n_in) {
     const int64_t nb = n_in / RWKVX_QK, stride = (nb + 1) & ~(int64_t)1;
     const size_t qs_bytes = (size_t)(n_tokens * stride * RWKVX_QK);
-    const size_t lane_bytes = (size_t)(n_tokens * stride * LANES) * 4;
-    /* one 64-byte aligned buffer: quants, then scales, then aux (every byte of it written by fill) */
-    a->bytes = qs_bytes + 2 * lane_bytes;
+    const size_t scalar_bytes = (size_t)(n_tokens * stride) * 4, lane_bytes = scalar_bytes * LANES;
+    /* one 64-byte aligned buffer (every byte of it written by fill): quants, the lane vectors (whole
+     * cache lines: stride is even), then the compact scalars */
+    a->bytes = qs_bytes + 2 * lane_bytes + 2 * scalar_bytes;
     a->memory = take_buffer(a->bytes);
     if (a->memory == NULL) return RWKVX_ERR_ALLOC;
     a->n_tokens = n_tokens;
     a->n_blocks = nb;
     a->stride_blocks = stride;
     a->qs = a->memory;
-    a->dv = (float *)((uint8_t *)a->memory + qs_bytes);
-    a->aux = (int32_t *)((uint8_t *)a->memory + qs_bytes + lane_bytes);
+    a->dv_lanes = (float *)((uint8_t *)a->memory + qs_bytes);
+    a->aux_lanes = (int32_t *)((uint8_t *)a->memory + qs_bytes + lane_bytes);
+    a->dv = (float *)((uint8_t *)a->memory + qs_bytes + 2 * lane_bytes);
+    a->aux = (int32_t *)((uint8_t *)a->memory + qs_bytes + 2 * lane_bytes + scalar_bytes);
     return RWKVX_OK;
 }
 
@@ -183,22 +186,26 @@ void rwkvx_q8_acts_fill_blocks(rwkvx_q8_acts *a, int weight_type, const float *x
             rwkvx_kernels->quantize_blocks(x + t * ldx + b0 * RWKVX_QK, count, a->qs + i0 * RWKVX_QK, d, d_exact, sum);
             for (int64_t k = 0; k < count; k++) {
                 const int64_t i = i0 + k;
-                for (int l = 0; l < LANES; l++) a->dv[i * LANES + l] = d[k];
-                memset(&a->aux[i * LANES + 1], 0, (LANES - 1) * sizeof(int32_t));
+                a->dv[i] = d[k];
                 if (with_s) {
                     const float s = fp16_rounded((float)sum[k] * d_exact[k]);
-                    memcpy(&a->aux[i * LANES], &s, sizeof s);
+                    memcpy(&a->aux[i], &s, sizeof s);
                 } else {
-                    a->aux[i * LANES] = -offset * sum[k];
+                    a->aux[i] = -offset * sum[k];
                 }
+                for (int l = 0; l < LANES; l++) a->dv_lanes[i * LANES + l] = d[k];
+                a->aux_lanes[i * LANES] = a->aux[i];
+                memset(&a->aux_lanes[i * LANES + 1], 0, (LANES - 1) * sizeof(int32_t));
             }
         }
     if (b_end < nb) return;
     for (int64_t t = t_begin; t < t_end; t++) /* the padding block of an odd count reads as zeros */
         for (int64_t i = t * stride + nb; i < (t + 1) * stride; i++) {
             memset(a->qs + i * RWKVX_QK, 0, RWKVX_QK);
-            memset(a->dv + i * LANES, 0, LANES * sizeof(float));
-            memset(a->aux + i * LANES, 0, LANES * sizeof(int32_t));
+            a->dv[i] = 0.0f;
+            a->aux[i] = 0;
+            memset(a->dv_lanes + i * LANES, 0, LANES * sizeof(float));
+            memset(a->aux_lanes + i * LANES, 0, LANES * sizeof(int32_t));
         }
 }
 

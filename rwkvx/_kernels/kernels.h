@@ -23,20 +23,28 @@ typedef void (*rwkvx_dequant_row_fn)(const rwkvx_tensor *w, int64_t row, float *
  * to fp16, q = roundf(x / d) computed as x * (1/d) in float32, and for weights
  * of a _1 type s = fp16(float(sum q) * d), with the unrounded d.
  *
- * Laid out for SIMD loads: every per-block field is an 8-lane vector, and each
- * token holds stride_blocks (n_blocks rounded up to even) blocks, the padding
- * all zero, so a kernel may read blocks in pairs. */
+ * Each token holds stride_blocks (n_blocks rounded up to even) blocks, the
+ * padding all zero, so a kernel may read blocks in pairs. A block's scalars (d,
+ * aux) are stored twice: compact, one per block, for the packed products, which
+ * read them with the block's 32 quants for every 288-byte column of Q4_0 weights
+ * (lane vectors there are 96 bytes of activations per column instead of 40, and
+ * a v7 1.5B Q4_0 token took 3% longer: 26.03 vs 25.25 ms without logits, 4
+ * alternating runs, 2 threads); and as 8-lane vectors for the file-layout
+ * AVX2/AVX-512 kernels, which add them lane-wise (building the vectors from
+ * compact scalars in their inner loops cost those 7-11%). */
 typedef struct rwkvx_q8_acts {
     int64_t n_tokens;
     int64_t n_blocks;      /* real blocks per token: n_in / 32 */
     int64_t stride_blocks; /* blocks per token in the arrays (n_blocks rounded up to even) */
     int8_t *qs;            /* [n_tokens][stride_blocks][32] quants */
-    float *dv;             /* [n_tokens][stride_blocks][8]: the block's d in all 8 lanes */
-    /* [n_tokens][stride_blocks][8]; lanes 1-7 zero. Lane 0: for _0 weight types
-     * -offset * sum(q) as int32 (offset 8 / 16 / 128 for Q4_0 / Q5_0 / Q8_0: the
-     * correction that turns a dot with the unsigned codes u = q_w + offset into
-     * the signed dot); for _1 types the bits of the float s. */
+    float *dv;             /* [n_tokens][stride_blocks]: the block's d */
+    /* [n_tokens][stride_blocks]: for _0 weight types -offset * sum(q) as int32
+     * (offset 8 / 16 / 128 for Q4_0 / Q5_0 / Q8_0: the correction that turns a
+     * dot with the unsigned codes u = q_w + offset into the signed dot); for _1
+     * types the bits of the float s. */
     int32_t *aux;
+    float *dv_lanes;    /* [n_tokens][stride_blocks][8]: d in all 8 lanes (32-byte aligned) */
+    int32_t *aux_lanes; /* [n_tokens][stride_blocks][8]: aux in lane 0, lanes 1-7 zero (32-byte aligned) */
     void *memory;
     size_t bytes;
 } rwkvx_q8_acts;

@@ -194,8 +194,8 @@ FORCE_INLINE void q8_tile(int type, const uint8_t *row, size_t row_bytes, int nr
         for (int t = 0; t < nt; t++) {
             const int64_t i = (t0 + t) * stride + b; /* every load below is 32-byte aligned */
             const __m256i xq = _mm256_load_si256((const __m256i *)(x->qs + i * RWKVX_QK));
-            const __m256 dx = _mm256_load_ps(x->dv + i * 8);
-            const __m256i aux = _mm256_load_si256((const __m256i *)(x->aux + i * 8));
+            const __m256 dx = _mm256_load_ps(x->dv_lanes + i * 8);
+            const __m256i aux = _mm256_load_si256((const __m256i *)(x->aux_lanes + i * 8));
             for (int r = 0; r < nr; r++) {
                 __m256i lanes;
                 if (type == RWKVX_TYPE_Q8_0)

@@ -263,8 +263,8 @@ FORCE_INLINE void q8_tile(int type, const uint8_t *row, size_t row_bytes, int nr
         for (int t = 0; t < nt; t++) {
             const int64_t i = (t0 + t) * stride + b; /* even: every load below is 64-byte aligned */
             const __m512i xq = _mm512_load_si512(x->qs + i * RWKVX_QK);
-            const __m512 dx = _mm512_load_ps(x->dv + i * 8);
-            const __m512i aux = _mm512_load_si512(x->aux + i * 8);
+            const __m512 dx = _mm512_load_ps(x->dv_lanes + i * 8);
+            const __m512i aux = _mm512_load_si512(x->aux_lanes + i * 8);
             for (int r = 0; r < nr; r++) {
                 const __m512i lanes = _mm512_dpbusd_epi32(has_m ? _mm512_setzero_si512() : aux, u[r], xq);
                 acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lanes), _mm512_mul_ps(dw[r], dx), acc[r][t]);

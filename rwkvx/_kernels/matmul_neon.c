@@ -185,8 +185,8 @@ FORCE_INLINE void q8_tile(int type, const uint8_t *row, const rwkvx_q8_acts *x, 
             }
             const int64_t i = (t0 + t) * stride + b;
             lanes[t] = block_dot_lanes(q, x->qs + i * RWKVX_QK);
-            dx[t] = x->dv[i * 8];
-            if (has_m) memcpy(&s[t], &x->aux[i * 8], sizeof(float)); /* lane 0 holds s's bits */
+            dx[t] = x->dv[i];
+            if (has_m) memcpy(&s[t], &x->aux[i], sizeof(float)); /* s's bits */
         }
         const int32x4_t isum = vpaddq_s32(vpaddq_s32(lanes[0], lanes[1]), vpaddq_s32(lanes[2], lanes[3]));
         /* as the reference: acc += (float)isum * (d_w * d_x); acc += m_w * s_x */

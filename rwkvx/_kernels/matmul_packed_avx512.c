@@ -69,7 +69,7 @@ FORCE_INLINE void group_tile(int type, const uint8_t *group, const rwkvx_packed_
         for (int t = 0; t < nt; t++) {
             const int64_t i = (t0 + t) * stride + c;
             /* _0 types: start from -offset * sum(q_x), which turns the unsigned codes' dot into the signed one */
-            sum_a[t] = has_m ? _mm512_setzero_si512() : broadcast_u32(x->aux + i * 8);
+            sum_a[t] = has_m ? _mm512_setzero_si512() : broadcast_u32(x->aux + i);
             sum_b[t] = _mm512_setzero_si512();
         }
         if (type == RWKVX_TYPE_Q8_0) {
@@ -108,8 +108,8 @@ FORCE_INLINE void group_tile(int type, const uint8_t *group, const rwkvx_packed_
         for (int t = 0; t < nt; t++) {
             const int64_t i = (t0 + t) * stride + c;
             const __m512 isum = _mm512_cvtepi32_ps(_mm512_add_epi32(sum_a[t], sum_b[t]));
-            acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(isum, _mm512_mul_ps(dw, _mm512_set1_ps(x->dv[i * 8]))));
-            if (has_m) acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(mw, _mm512_set1_ps(load_f32(x->aux + i * 8))));
+            acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(isum, _mm512_mul_ps(dw, _mm512_set1_ps(x->dv[i]))));
+            if (has_m) acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(mw, _mm512_set1_ps(load_f32(x->aux + i))));
         }
     }
     for (int t = 0; t < nt; t++) _mm512_mask_storeu_ps(y + (t0 + t) * ldy, rows, acc[t]);

@@ -79,16 +79,16 @@ void rwkvx_q8_row_products(const int8_t *q, const float *dw, const float *mw, in
                            const rwkvx_q8_acts *x, float *y, int64_t ldy) {
     for (int64_t t = 0; t < x->n_tokens; t++) {
         const int8_t *qx = x->qs + t * x->stride_blocks * RWKVX_QK;
-        const float *dx = x->dv + t * x->stride_blocks * 8;
-        const int32_t *aux = x->aux + t * x->stride_blocks * 8;
+        const float *dx = x->dv + t * x->stride_blocks;
+        const int32_t *aux = x->aux + t * x->stride_blocks;
         float acc = 0.0f;
         for (int64_t b = 0; b < n_blocks; b++) {
             int32_t isum = 0;
             for (int j = 0; j < RWKVX_QK; j++) isum += (int32_t)q[b * RWKVX_QK + j] * qx[b * RWKVX_QK + j];
-            acc += (float)isum * (dw[b] * dx[b * 8]);
+            acc += (float)isum * (dw[b] * dx[b]);
             if (has_m) {
                 float s;
-                memcpy(&s, &aux[b * 8], sizeof s);
+                memcpy(&s, &aux[b], sizeof s);
                 acc += mw[b] * s;
             }
         }
