@@ -150,10 +150,10 @@ static void give_back_buffer(void *memory, size_t n) {
     c->bytes[slot] = n;
 }
 
-int rwkvx_q8_acts_alloc(rwkvx_q8_acts *a, int64_t n_tokens, int64_t n_in) {
+int rwkvx_q8_acts_alloc(rwkvx_q8_acts *a, int64_t n_tokens, int64_t n_in, int lanes) {
     const int64_t nb = n_in / RWKVX_QK, stride = (nb + 1) & ~(int64_t)1;
     const size_t qs_bytes = (size_t)(n_tokens * stride * RWKVX_QK);
-    const size_t scalar_bytes = (size_t)(n_tokens * stride) * 4, lane_bytes = scalar_bytes * LANES;
+    const size_t scalar_bytes = (size_t)(n_tokens * stride) * 4, lane_bytes = lanes ? scalar_bytes * LANES : 0;
     /* one 64-byte aligned buffer (every byte of it written by fill): quants, the lane vectors (whole
      * cache lines: stride is even), then the compact scalars */
     a->bytes = qs_bytes + 2 * lane_bytes + 2 * scalar_bytes;
@@ -163,8 +163,8 @@ int rwkvx_q8_acts_alloc(rwkvx_q8_acts *a, int64_t n_tokens, int64_t n_in) {
     a->n_blocks = nb;
     a->stride_blocks = stride;
     a->qs = a->memory;
-    a->dv_lanes = (float *)((uint8_t *)a->memory + qs_bytes);
-    a->aux_lanes = (int32_t *)((uint8_t *)a->memory + qs_bytes + lane_bytes);
+    a->dv_lanes = lanes ? (float *)((uint8_t *)a->memory + qs_bytes) : NULL;
+    a->aux_lanes = lanes ? (int32_t *)((uint8_t *)a->memory + qs_bytes + lane_bytes) : NULL;
     a->dv = (float *)((uint8_t *)a->memory + qs_bytes + 2 * lane_bytes);
     a->aux = (int32_t *)((uint8_t *)a->memory + qs_bytes + 2 * lane_bytes + scalar_bytes);
     return RWKVX_OK;
@@ -193,6 +193,7 @@ void rwkvx_q8_acts_fill_blocks(rwkvx_q8_acts *a, int weight_type, const float *x
                 } else {
                     a->aux[i] = -offset * sum[k];
                 }
+                if (a->dv_lanes == NULL) continue;
                 for (int l = 0; l < LANES; l++) a->dv_lanes[i * LANES + l] = d[k];
                 a->aux_lanes[i * LANES] = a->aux[i];
                 memset(&a->aux_lanes[i * LANES + 1], 0, (LANES - 1) * sizeof(int32_t));
@@ -204,6 +205,7 @@ void rwkvx_q8_acts_fill_blocks(rwkvx_q8_acts *a, int weight_type, const float *x
             memset(a->qs + i * RWKVX_QK, 0, RWKVX_QK);
             a->dv[i] = 0.0f;
             a->aux[i] = 0;
+            if (a->dv_lanes == NULL) continue;
             memset(a->dv_lanes + i * LANES, 0, LANES * sizeof(float));
             memset(a->aux_lanes + i * LANES, 0, LANES * sizeof(int32_t));
         }
@@ -215,11 +217,13 @@ void rwkvx_q8_acts_fill(rwkvx_q8_acts *a, int weight_type, const float *x, int64
 }
 
 int rwkvx_q8_acts_quantize(rwkvx_q8_acts *a, int weight_type, const float *x, int64_t ldx, int64_t n_tokens,
-                           int64_t n_in) {
-    if (rwkvx_q8_acts_alloc(a, n_tokens, n_in) != RWKVX_OK) return RWKVX_ERR_ALLOC;
+                           int64_t n_in, int lanes) {
+    if (rwkvx_q8_acts_alloc(a, n_tokens, n_in, lanes) != RWKVX_OK) return RWKVX_ERR_ALLOC;
     rwkvx_q8_acts_fill(a, weight_type, x, ldx, 0, n_tokens);
     return RWKVX_OK;
 }
+
+int rwkvx_q8_acts_want_lanes(const rwkvx_tensor *w) { return w->layout != RWKVX_LAYOUT_PACKED16; }
 
 void rwkvx_q8_acts_free(rwkvx_q8_acts *a) {
     if (a->memory != NULL) give_back_buffer(a->memory, a->bytes);
@@ -230,7 +234,8 @@ void rwkvx_matmul_via_q8(rwkvx_matmul_q8_fn fn, const rwkvx_tensor *w, const flo
                          int64_t n_tokens, float *y, int64_t ldy) {
     rwkvx_q8_acts a;
     /* the float contract has no error return; like the row buffers elsewhere, only exhausted memory fails */
-    if (rwkvx_q8_acts_quantize(&a, w->type, x, ldx, n_tokens, w->n_in) != RWKVX_OK) abort();
+    if (rwkvx_q8_acts_quantize(&a, w->type, x, ldx, n_tokens, w->n_in, rwkvx_q8_acts_want_lanes(w)) != RWKVX_OK)
+        abort();
     fn(w, &a, y, ldy);
     rwkvx_q8_acts_free(&a);
 }

@@ -89,7 +89,7 @@ static void quantize_rows(void *ctx, int64_t begin, int64_t end) {
 static rwkvx_q8_acts *quantized_input(rwkvx_q8_acts *buf, const rwkvx_tensor *w, int64_t T) {
     if (!rwkvx_type_is_quantized(w->type)) return NULL;
     /* no error path out of the layer code: like the kernels' row buffers, only exhausted memory fails */
-    if (rwkvx_q8_acts_alloc(buf, T, w->n_in) != RWKVX_OK) abort();
+    if (rwkvx_q8_acts_alloc(buf, T, w->n_in, rwkvx_q8_acts_want_lanes(w)) != RWKVX_OK) abort();
     return buf;
 }
 

@@ -43,6 +43,7 @@ typedef struct rwkvx_q8_acts {
      * dot with the unsigned codes u = q_w + offset into the signed dot); for _1
      * types the bits of the float s. */
     int32_t *aux;
+    /* the lane copies, or NULL when allocated without them (products over packed weights) */
     float *dv_lanes;    /* [n_tokens][stride_blocks][8]: d in all 8 lanes (32-byte aligned) */
     int32_t *aux_lanes; /* [n_tokens][stride_blocks][8]: aux in lane 0, lanes 1-7 zero (32-byte aligned) */
     void *memory;
@@ -54,12 +55,14 @@ typedef struct rwkvx_q8_acts {
  * Returns RWKVX_OK or RWKVX_ERR_ALLOC. The same scalar code on every ISA, so the
  * quants never depend on the kernel level. */
 int rwkvx_q8_acts_quantize(rwkvx_q8_acts *a, int weight_type, const float *x, int64_t ldx, int64_t n_tokens,
-                           int64_t n_in);
+                           int64_t n_in, int lanes);
 /* The same in two steps, so threads can share the rows: allocate for T tokens
  * (the calling thread's buffer is reused from one product to the next), then
  * quantize rows [t_begin, t_end), writing every byte of them, padding included
  * (each row the same whoever does it). */
-int rwkvx_q8_acts_alloc(rwkvx_q8_acts *a, int64_t n_tokens, int64_t n_in);
+int rwkvx_q8_acts_alloc(rwkvx_q8_acts *a, int64_t n_tokens, int64_t n_in, int lanes);
+/* Whether products with w read the lane copies (the `lanes` argument above): all but packed ones. */
+int rwkvx_q8_acts_want_lanes(const rwkvx_tensor *w);
 void rwkvx_q8_acts_fill(rwkvx_q8_acts *a, int weight_type, const float *x, int64_t ldx, int64_t t_begin,
                         int64_t t_end);
 /* The same for blocks [b_begin, b_end) of each row only (the padding block with the last one), so
