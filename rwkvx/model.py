@@ -276,7 +276,9 @@ def load(path: str | os.PathLike, threads: int | None = None, offload=None, dtyp
     with 16 rows interleaved (about 3x less work per weight with AVX-512), all in 2 MiB pages. Costs
     one pass over the weights at load (a fraction of a second per GB); resident memory stays about the
     file's size. None: when the active kernel level has such a layout (avx512); False: weights stay
-    memory-mapped, loading takes milliseconds. The results are the same bit for bit either way.
+    memory-mapped, loading takes milliseconds. Packed quantized products give the scalar reference's
+    results bit for bit; AVX2/AVX-512 products over the file's layout sum in another order, so
+    pack=False there changes logits by float rounding (amplified a little through the layers).
     """
     from .formats.checkpoint import open_model_source
 
