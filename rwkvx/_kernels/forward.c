@@ -207,6 +207,27 @@ static void add_rows(float *x, const float *d, int64_t n) {
     for (int64_t i = 0; i < n; i++) x[i] += d[i];
 }
 
+/* x += y over the rows a thread of a product has just computed (matmul_then): the residual add
+ * split with the product instead of a pass by the calling thread alone after it. */
+typedef struct residual_job {
+    float *x;
+    const float *y;
+    int64_t C, T;
+} residual_job;
+
+static void add_residual_rows(void *ctx, int64_t begin, int64_t end) {
+    const residual_job *j = ctx;
+    for (int64_t t = 0; t < j->T; t++) add_rows(j->x + t * j->C + begin, j->y + t * j->C + begin, end - begin);
+}
+
+/* out = W in (in: T rows of W->n_in floats, or quantized in inq), then x += out: a layer's last
+ * product of a block, whose output joins the residual stream x (T rows of W->n_rows). */
+static void project_into_residual(const rwkvx_model *m, const rwkvx_tensor *w, const float *in,
+                                  const rwkvx_q8_acts *inq, int64_t T, float *out, float *x) {
+    residual_job residual = {x, out, w->n_rows, T};
+    matmul_then(m, w, in, inq, w->n_in, T, out, w->n_rows, add_residual_rows, &residual, RWKVX_ROW_GRAIN);
+}
+
 /* ---- channel mixing (FFN) --------------------------------------------- */
 
 /* Tokens from which elementwise work over rows is split between threads (every
@@ -411,18 +432,20 @@ static void channel_mix(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
     hidden_job hidden = {s->hidden, F, T, quantized_input(&hq, value, T), value->type};
     matmul_then(m, key, xk, input.xq, C, T, s->hidden, F, hidden_rows, &hidden, HIDDEN_GRAIN);
     if (input.xq != NULL) rwkvx_q8_acts_free(&xk_q);
-    matmul_then(m, value, s->hidden, hidden.xq, F, T, s->out, C, NULL, NULL, RWKVX_ROW_GRAIN);
-    if (hidden.xq != NULL) rwkvx_q8_acts_free(&hq);
-    if (m->arch != RWKVX_ARCH_V7) {
+    if (m->arch == RWKVX_ARCH_V7) {
+        project_into_residual(m, value, s->hidden, hidden.xq, T, s->out, x);
+    } else { /* the receptance's gate comes between the value product and the residual */
+        matmul_then(m, value, s->hidden, hidden.xq, F, T, s->out, C, NULL, NULL, RWKVX_ROW_GRAIN);
         matmul(m, mat(L, RWKVX_FFN_R), xr, C, T, s->r, C);
         for (int64_t i = 0; i < T * C; i++) s->out[i] *= rwkvx_sigmoid_poly(s->r[i]);
+        add_rows(x, s->out, T * C);
     }
-    add_rows(x, s->out, T * C);
+    if (hidden.xq != NULL) rwkvx_q8_acts_free(&hq);
 }
 
 /* ---- time mixing (attention) -------------------------------------------- */
 
-static void time_mix_v4(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, int64_t T, const row_states *rs,
+static void time_mix_v4(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, float *x, int64_t T, const row_states *rs,
                         size_t layer_offset) {
     const int64_t C = m->n_embd;
     float *xk = s->mix[0], *xv = s->mix[1], *xr = s->mix[2];
@@ -439,7 +462,7 @@ static void time_mix_v4(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
                        st + 2 * C, st + 3 * C, st + 4 * C, s->y + t * C);
     }
     for (int64_t i = 0; i < T * C; i++) s->y[i] *= rwkvx_sigmoid_poly(s->r[i]);
-    matmul(m, mat(L, RWKVX_ATT_O), s->y, C, T, s->out, C);
+    project_into_residual(m, mat(L, RWKVX_ATT_O), s->y, NULL, T, s->out, x);
 }
 
 /* The v5/v6 recurrence over all rows (w: stride w_stride per row) against their states. */
@@ -452,7 +475,7 @@ static void wkv5_rows(const rwkvx_model *m, scratch *s, int64_t T, const float *
                        w + t * w_stride, w_stride, row_state(rs, t, layer_offset + 2 * (size_t)C), s->y + t * C);
 }
 
-static void time_mix_v5(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, int64_t T, const row_states *rs,
+static void time_mix_v5(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, float *x, int64_t T, const row_states *rs,
                         size_t layer_offset) {
     const int64_t C = m->n_embd;
     const int v52 = m->arch == RWKVX_ARCH_V5_2;
@@ -471,10 +494,10 @@ static void time_mix_v5(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
         matmul(m, mat(L, RWKVX_ATT_G), xg, C, T, s->g, C);
         for (int64_t i = 0; i < T * C; i++) s->y[i] *= s->g[i] * rwkvx_sigmoid_poly(s->g[i]);
     }
-    matmul(m, mat(L, RWKVX_ATT_O), s->y, C, T, s->out, C);
+    project_into_residual(m, mat(L, RWKVX_ATT_O), s->y, NULL, T, s->out, x);
 }
 
-static void time_mix_v6(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, int64_t T, const row_states *rs,
+static void time_mix_v6(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, float *x, int64_t T, const row_states *rs,
                         size_t layer_offset) {
     const int64_t C = m->n_embd;
     const int64_t D = mat(L, RWKVX_MAA_W1)->n_rows / 5, D2 = mat(L, RWKVX_DECAY_W1)->n_rows;
@@ -510,7 +533,7 @@ static void time_mix_v6(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
     wkv5_rows(m, s, T, vec(L, RWKVX_ATT_FAAAA), s->w, C, rs, layer_offset);
     group_norm(m, s->y, T, vec(L, RWKVX_LNX_W), vec(L, RWKVX_LNX_B));
     for (int64_t i = 0; i < T * C; i++) s->y[i] *= s->g[i] * rwkvx_sigmoid_poly(s->g[i]);
-    matmul(m, mat(L, RWKVX_ATT_O), s->y, C, T, s->out, C);
+    project_into_residual(m, mat(L, RWKVX_ATT_O), s->y, NULL, T, s->out, x);
 }
 
 /* y = W2 f(W1 x) for a low-rank pair; f = tanh, sigmoid or identity. */
@@ -638,7 +661,7 @@ static void v7_mix_channels(void *ctx, int64_t c0, int64_t c1) {
 
 /* x: the layer's input; its layer norm and token shift are done here when v7_by_channels (else by
  * the caller, into s->a and s->prev). */
-static void time_mix_v7(const rwkvx_model *m, const rwkvx_layer *L, int32_t layer, scratch *s, const float *x,
+static void time_mix_v7(const rwkvx_model *m, const rwkvx_layer *L, int32_t layer, scratch *s, float *x,
                         int64_t T, const row_states *rs, size_t layer_offset, float *v_first) {
     const int64_t C = m->n_embd, H = m->n_head;
     const rwkvx_tensor *rkv[3] = {mat(L, RWKVX_ATT_R), mat(L, RWKVX_ATT_K), mat(L, RWKVX_ATT_V)};
@@ -672,7 +695,7 @@ static void time_mix_v7(const rwkvx_model *m, const rwkvx_layer *L, int32_t laye
     if (m->head_size % (2 * RWKVX_QK) == 0) heads.yq = quantized_input(&yq, output, T);
     rwkvx_pool_run(m->pool, v7_gates_task, &heads, H, 1);
     rwkvx_pool_run(m->pool, v7_wkv_task, &heads, H, 1);
-    matmul_then(m, output, s->y, heads.yq, C, T, s->out, C, NULL, NULL, RWKVX_ROW_GRAIN);
+    project_into_residual(m, output, s->y, heads.yq, T, s->out, x);
     if (heads.yq != NULL) rwkvx_q8_acts_free(&yq);
 }
 
@@ -712,14 +735,13 @@ static int run_layers_chunk(const rwkvx_model *m, int32_t begin, int32_t end, fl
             token_shift(s->a, s->prev, T, C, rs, st + (size_t)C);
         }
         switch (m->arch) {
-        case RWKVX_ARCH_V4: time_mix_v4(m, L, s, T, rs, st); break;
+        case RWKVX_ARCH_V4: time_mix_v4(m, L, s, x, T, rs, st); break;
         case RWKVX_ARCH_V5_1:
-        case RWKVX_ARCH_V5_2: time_mix_v5(m, L, s, T, rs, st); break;
-        case RWKVX_ARCH_V6: time_mix_v6(m, L, s, T, rs, st); break;
+        case RWKVX_ARCH_V5_2: time_mix_v5(m, L, s, x, T, rs, st); break;
+        case RWKVX_ARCH_V6: time_mix_v6(m, L, s, x, T, rs, st); break;
         case RWKVX_ARCH_V7: time_mix_v7(m, L, i, s, x, T, rs, st, v_first); break;
         default: return RWKVX_ERR_ARGUMENT;
         }
-        add_rows(x, s->out, T * C);
         channel_mix(m, L, s, T, x, rs, st);
     }
     return RWKVX_OK;
