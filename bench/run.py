@@ -40,6 +40,10 @@ from models import DATA_TYPES, SHAPES, bytes_read_per_token, ensure_model  # noq
 BANDWIDTH_BUFFER_MAX_BYTES = 1 << 30  # beyond it, only DRAM bandwidth is measured anyway
 PROBE_PASS_BYTES = 1 << 30  # bytes streamed per timed probe pass (the buffer, again and again)
 PREFILL_LENGTHS = (128, 512)
+# How the probe reads, taken in turn and the best kept: (bytes ahead prefetched into L1, into L2), 0 for not.
+# A plain read, the products' own distances, and longer ones: on this machine a plain read has read 21-23
+# GB/s while the same buffer read with prefetches read 26-29, and a bound from the weaker reader flatters.
+PROBE_PREFETCHES = ((0, 0), (2048, 4096), (4096, 8192))
 PROBE_TURNS = 3  # bandwidth probes taken in turn with decoding, in the model's own process
 WARMUP_TOKENS = 3
 DECODE_WINDOWS = 4
@@ -49,8 +53,9 @@ BATCH_SEQUENCES = 8  # the "8-seq t/s" column
 def measure_read_bandwidth(threads: int, n_bytes: int, repeats: int = 8, min_seconds: float = 0.25) -> float:
     """Best GB/s of `threads` threads each streaming its own contiguous slice of an n_bytes buffer
     (capped at BANDWIDTH_BUFFER_MAX_BYTES), after one warm pass, as decoding streams each matrix: at
-    least `repeats` passes and min_seconds of them (a small model's pass takes milliseconds, and one
-    busy moment of the machine must not pass for its bandwidth)."""
+    least `repeats` passes of each way of reading (PROBE_PREFETCHES) and min_seconds of them (a small
+    model's pass takes milliseconds, and one busy moment of the machine must not pass for its
+    bandwidth)."""
     from rwkvx import _core
 
     n_bytes = min(n_bytes, BANDWIDTH_BUFFER_MAX_BYTES)
@@ -61,15 +66,16 @@ def measure_read_bandwidth(threads: int, n_bytes: int, repeats: int = 8, min_sec
     # threads (a fraction of a millisecond) stays far below 1% of what is timed even for small models
     sweeps = max(1, -(-PROBE_PASS_BYTES // (step * threads)))
 
-    def stream(part):
+    def stream(part, prefetch):
         for _ in range(sweeps):
-            _core.read_bytes(part)
+            _core.read_bytes(part, *prefetch)
 
     best = 0.0
     began = time.perf_counter()
     attempt = 0
-    while attempt <= repeats or time.perf_counter() - began < min_seconds:
-        workers = [threading.Thread(target=stream, args=(s,)) for s in slices]
+    while attempt <= repeats * len(PROBE_PREFETCHES) or time.perf_counter() - began < min_seconds:
+        prefetch = PROBE_PREFETCHES[attempt % len(PROBE_PREFETCHES)]
+        workers = [threading.Thread(target=stream, args=(s, prefetch)) for s in slices]
         start = time.perf_counter()
         for w in workers:
             w.start()

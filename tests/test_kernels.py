@@ -273,7 +273,11 @@ def test_activation_quantization_follows_ggml_rules(type_name):
 
 
 def test_bandwidth_probe_reads_every_word():
-    """read_bytes (the benchmark's probe) returns the xor of all 8-byte words, so no read is skipped."""
+    """read_bytes (the benchmark's probe) returns the xor of all 8-byte words, so no read is skipped,
+    with or without its prefetches (which reach past the buffer's end here)."""
     words = np.random.default_rng(5).integers(0, 2**63, size=1000 + 7, dtype=np.uint64)
     expected = int(np.bitwise_xor.reduce(words))
     assert _core.read_bytes(words.view(np.uint8)) == expected
+    assert _core.read_bytes(words.view(np.uint8), 2048, 4096) == expected
+    last = int(words[-1])  # cut to 5 bytes: the partial word zero-padded
+    assert _core.read_bytes(words.view(np.uint8)[:-3], 64, 0) == expected ^ last ^ (last & (2**40 - 1))
