@@ -21,6 +21,35 @@ cdef extern from "pool.h" nogil:
     rwkvx_pool *rwkvx_pool_create(int32_t n_threads)
     void rwkvx_pool_destroy(rwkvx_pool *pool)
     int32_t rwkvx_pool_size(const rwkvx_pool *pool)
+    ctypedef void (*rwkvx_task_fn)(void *ctx, int64_t begin, int64_t end)
+    void rwkvx_pool_run(rwkvx_pool *pool, rwkvx_task_fn fn, void *ctx, int64_t n_items, int64_t grain)
+    void rwkvx_pool_run_balanced(rwkvx_pool *pool, rwkvx_task_fn fn, void *ctx, int64_t n_items, int64_t grain)
+
+cdef extern from *:
+    """
+    #include <pthread.h>
+    /* pool_calls' task: every call logs its range and its thread, after work in proportion to its
+     * items (items below `slow_below` cost three times as much, so that one share lags) */
+    typedef struct rwkvx_call_log {
+        int64_t *rows; /* [capacity][3]: begin, end, thread */
+        int64_t capacity, count, spin_per_item, slow_below;
+    } rwkvx_call_log;
+    static void rwkvx_log_call(void *ctx, int64_t begin, int64_t end) {
+        rwkvx_call_log *log = ctx;
+        for (int64_t i = begin; i < end; i++)
+            for (volatile int64_t k = 0; k < (i < log->slow_below ? 3 : 1) * log->spin_per_item; k++) {}
+        const int64_t at = __atomic_fetch_add(&log->count, 1, __ATOMIC_RELAXED);
+        if (at < log->capacity) {
+            log->rows[3 * at] = begin;
+            log->rows[3 * at + 1] = end;
+            log->rows[3 * at + 2] = (int64_t)pthread_self();
+        }
+    }
+    """
+    ctypedef struct rwkvx_call_log:
+        int64_t *rows
+        int64_t capacity, count, spin_per_item, slow_below
+    void rwkvx_log_call(void *ctx, int64_t begin, int64_t end) noexcept nogil
 
 cdef extern from "rwkvx.h" nogil:
     enum: RWKVX_N_GLOBAL_SLOTS
@@ -362,6 +391,34 @@ cdef rwkvx_tensor _tensor_over(const unsigned char[::1] view, int type_id, int n
     w.data = &view[0]
     w.type, w.n_in, w.n_rows, w.layout = type_id, n_in, n_rows, layout
     return w
+
+
+def pool_calls(int threads, int64_t n_items, int64_t grain, bint balanced, int64_t spin_per_item=0,
+               int64_t slow_below=0, int runs=1):
+    """The calls that `runs` runs on one fresh pool make (a test hook): for each run, int64
+    [calls, 3] of begin, end and an id of the thread that made it, in the order they finished. Each
+    item costs spin_per_item loop iterations, three times that below slow_below."""
+    cdef rwkvx_pool *pool = rwkvx_pool_create(threads)
+    if pool == NULL:
+        raise BackendError(f"could not start {threads} threads")
+    capacity = max(n_items, 1) + threads
+    rows = np.zeros((runs, capacity, 3), dtype=np.int64)
+    counts = np.zeros(runs, dtype=np.int64)
+    cdef int64_t[:, :, ::1] view = rows
+    cdef int64_t[::1] count_view = counts
+    cdef rwkvx_call_log log
+    cdef int r
+    log.capacity, log.spin_per_item, log.slow_below = capacity, spin_per_item, slow_below
+    with nogil:
+        for r in range(runs):
+            log.rows, log.count = &view[r, 0, 0], 0
+            if balanced:
+                rwkvx_pool_run_balanced(pool, rwkvx_log_call, &log, n_items, grain)
+            else:
+                rwkvx_pool_run(pool, rwkvx_log_call, &log, n_items, grain)
+            count_view[r] = log.count
+        rwkvx_pool_destroy(pool)
+    return [rows[r, :min(counts[r], capacity)] for r in range(runs)]
 
 
 def row_bytes(int type_id, size_t n):

@@ -114,7 +114,7 @@ static void matmul_then(const rwkvx_model *m, const rwkvx_tensor *w, const float
     if (!parallel)
         matmul_rows(&job, 0, w->n_rows);
     else
-        rwkvx_pool_run(m->pool, matmul_rows, &job, w->n_rows, grain);
+        rwkvx_pool_run_balanced(m->pool, matmul_rows, &job, w->n_rows, grain);
     if (job.xq != NULL && xq == NULL) rwkvx_q8_acts_free(&own);
 }
 

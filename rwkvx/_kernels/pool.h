@@ -2,7 +2,7 @@
  *
  * Created once per model; a run hands every thread (the caller included) one
  * contiguous share of [0, n_items), so each thread streams its own part of a
- * weight matrix. Workers spin briefly between runs (decoding issues hundreds
+ * weight matrix; a worker that is late to a run has its share taken by the others. Workers spin briefly between runs (decoding issues hundreds
  * of small runs per token) and then sleep on a condition variable.
  *
  * Runs on one pool are serialized: a caller that finds the pool busy (another
@@ -28,5 +28,10 @@ int32_t rwkvx_pool_size(const rwkvx_pool *pool);
 /* fn over [0, n_items) split in contiguous shares whose boundaries are multiples of
  * `grain` (e.g. 16 rows: separate cache lines of a float output). pool may be NULL. */
 void rwkvx_pool_run(rwkvx_pool *pool, rwkvx_task_fn fn, void *ctx, int64_t n_items, int64_t grain);
+
+/* The same, but fn may be called on many smaller ranges: a thread that finishes its share takes
+ * over the end of another's, so no thread waits while one streams its part alone. For tasks whose
+ * work splits anywhere at no cost (a product's rows), not for those that redo work per call. */
+void rwkvx_pool_run_balanced(rwkvx_pool *pool, rwkvx_task_fn fn, void *ctx, int64_t n_items, int64_t grain);
 
 #endif /* RWKVX_POOL_H */
