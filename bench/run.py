@@ -6,8 +6,9 @@ load time are its own), times:
   decode   ms per token, one token per call, with and without logits (serial decoding)
   prefill  tokens/s for one call of 128 and of 512 tokens
   8-seq    aggregate tokens/s of 8 sequences decoding together (Model.forward_batch, with logits)
-  load     seconds of rwkvx.load with its defaults (on AVX-512: one pass packing the weights, plus the
-           disk reads of a file not in the page cache; pack=False maps the file in milliseconds) and the
+  load     seconds of rwkvx.load with its defaults (on AVX2 and AVX-512: one pass packing the quantized
+           weights, plus the disk reads of a file not in the page cache; pack=False maps the file in
+           milliseconds) and the
            process's peak RSS (VmHWM of the child itself: ru_maxrss would also count the parent's probe
            buffer, which Linux carries across exec)
 and prints them beside the bound: bytes read per token / bandwidth, and the ratio decode / bound

@@ -273,9 +273,9 @@ def load(path: str | os.PathLike, threads: int | None = None, offload=None, dtyp
     "Q5_0", "Q4_1" or "Q4_0" stores the weights as that type on load (quantized as `rwkvx quantize` does).
     group_norm_eps: epsilon of the v5+ ln_x group norm; None follows the file's origin (see Model).
     pack: move the matrices into memory laid out for the kernels at load: quantized ones rewritten
-    with 16 rows interleaved (about 3x less work per weight with AVX-512), all in 2 MiB pages. Costs
-    one pass over the weights at load (a fraction of a second per GB); resident memory stays about the
-    file's size. None: when the active kernel level has such a layout (avx512); False: weights stay
+    with 16 rows interleaved (about 3x less work per weight with AVX-512 or AVX2), all in 2 MiB pages.
+    Costs one pass over the weights at load (a fraction of a second per GB); resident memory stays about
+    the file's size. None: when the active kernel level has such a layout (avx2, avx512); False: weights stay
     memory-mapped, loading takes milliseconds. Packed quantized products give the scalar reference's
     results bit for bit; AVX2/AVX-512 products over the file's layout sum in another order, so
     pack=False there changes logits by float rounding (amplified a little through the layers).

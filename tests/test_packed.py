@@ -25,7 +25,7 @@ PACK_ROWS = 16
 EDGE_ROWS = (1, 2, 15, 16, 17, 31, 33, 100)
 EDGE_BLOCKS = (1, 2, 3, 5, 8)
 TOKEN_COUNTS = (1, 2, 3, 4, 5, 8, 9, 13)
-SIMD_LEVELS = ("avx512",)  # levels with a kernel of their own for the packed layout
+SIMD_LEVELS = ("avx2", "avx512")  # levels with a kernel of their own for the packed layout
 TINY = os.path.join(os.path.dirname(__file__), "data", "tiny")
 
 

@@ -167,8 +167,9 @@ void rwkvx_q8_row_products(const int8_t *q, const float *dw, const float *mw, in
 void rwkvx_matmul_q8_avx2(const rwkvx_tensor *w, const rwkvx_q8_acts *x, float *y, int64_t ldy);
 void rwkvx_matmul_q8_avx512(const rwkvx_tensor *w, const rwkvx_q8_acts *x, float *y, int64_t ldy);
 void rwkvx_matmul_q8_neon(const rwkvx_tensor *w, const rwkvx_q8_acts *x, float *y, int64_t ldy);
-/* The same products over packed16 matrices (packed.h): the portable oracle, and AVX-512 VNNI. */
+/* The same products over packed16 matrices (packed.h): the portable oracle, AVX2 and AVX-512 VNNI. */
 void rwkvx_matmul_q8_packed_ref(const rwkvx_tensor *w, const rwkvx_q8_acts *x, float *y, int64_t ldy);
+void rwkvx_matmul_q8_packed_avx2(const rwkvx_tensor *w, const rwkvx_q8_acts *x, float *y, int64_t ldy);
 void rwkvx_matmul_q8_packed_avx512(const rwkvx_tensor *w, const rwkvx_q8_acts *x, float *y, int64_t ldy);
 /* Rows [begin, end) of w as a tensor of their own (begin a multiple of
  * RWKVX_PACK_ROWS for a packed w): what one thread's share of a product reads. */

@@ -1,0 +1,221 @@
+/* AVX2 products of packed16 quantized weights (packed.h) with activations
+ * quantized per block (rwkvx_q8_acts), for CPUs without VNNI.
+ *
+ * A 64-byte vector of a block column holds 4 codes of each of the group's 16
+ * rows; its two 32-byte halves are rows 0-7 and 8-15, one ymm each. vpmaddubsw
+ * of a half with the 4 activation quants of the step (broadcast) leaves two
+ * int16 per row, and vpmaddwd with ones one int32 per row: as in the AVX-512
+ * kernel, lane r is row r, so nothing is reduced across lanes and a column's 8
+ * scales per half arrive with one vcvtph2ps. What the file layout spends per
+ * row and block (spreading a scale, reducing lanes) is spent here per 8 rows.
+ *
+ * The int16 pairs are summed before vpmaddwd as far as they cannot overflow:
+ * a pair is at most 2 * 15 * 127 = 3810 for 4-bit codes (8 pairs of a block
+ * summed: 30480) and 2 * 31 * 127 = 7874 for 5-bit codes (4 summed: 31496);
+ * activation quants are within [-127, 127]. Q8_0 codes are stored with offset
+ * 128; this kernel takes them back to signed (xor 0x80) and uses the sign
+ * trick (|q_w| unsigned, q_x carrying q_w's sign: a pair is at most
+ * 2 * 128 * 127 = 32512), so Q8_0 needs no offset correction. Integer sums are
+ * exact whatever their order.
+ *
+ * The float part repeats the scalar reference's operations in its order, per
+ * row and block: acc += (float)isum * (d_w * d_x), then acc += m_w * s_x for
+ * the _1 types (separate multiply and add, no FMA), so every output equals
+ * rwkvx_matmul_q8_ref's bit for bit, for every T.
+ */
+#include <immintrin.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "packed.h"
+
+#define FORCE_INLINE static inline __attribute__((always_inline))
+#define HALF_ROWS 8
+
+/* Tokens that share one decoded half column when many tokens come at once. */
+#ifndef PA_TOKEN_TILE
+#define PA_TOKEN_TILE 4
+#endif
+/* Bytes ahead of the current block column prefetched into L1 and into L2 (the group is one stream). */
+#ifndef PA_PREFETCH_L1_BYTES
+#define PA_PREFETCH_L1_BYTES 2048
+#endif
+#ifndef PA_PREFETCH_L2_BYTES
+#define PA_PREFETCH_L2_BYTES 4096
+#endif
+
+FORCE_INLINE __m256i broadcast_u32(const void *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+
+FORCE_INLINE float load_f32(const void *p) {
+    float v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+/* Byte j = 16 where bit j of the 32 bits at p is set, else 0 (the fifth bits of a half vector). */
+FORCE_INLINE __m256i fifth_bits(const uint8_t *p) {
+    uint32_t bits;
+    memcpy(&bits, p, 4); /* little-endian: bit j of the packed u64 is bit j here, for j < 32 */
+    const __m256i spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32((int32_t)bits),
+        _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
+    const __m256i bit = _mm256_set1_epi64x((int64_t)0x8040201008040201ull);
+    return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(16));
+}
+
+/* Low (which = 0) or high nibbles of a half vector's codes, with their fifth bits for Q5 types. */
+FORCE_INLINE __m256i small_codes(int type, const uint8_t *column, const rwkvx_packed_regions *regions, int z, int h,
+                                 int which) {
+    const __m256i v = _mm256_loadu_si256((const __m256i *)(column + regions->codes + 64 * z + 32 * h));
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    __m256i u = which == 0 ? _mm256_and_si256(v, low4) : _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+    if (rwkvx_packed_has_qh(type))
+        u = _mm256_or_si256(u, fifth_bits(column + regions->qh + 16 * (size_t)z + 8 * (size_t)which + 4 * (size_t)h));
+    return u;
+}
+
+/* Rows 8h..8h+7 of a group, h in [h0, h0 + nh), x tokens [t0, t0 + nt): y[t][8h + r] for all 8 rows. */
+FORCE_INLINE void half_tile(int type, const uint8_t *group, const rwkvx_packed_regions *regions, int64_t n_blocks,
+                            const rwkvx_q8_acts *x, int64_t t0, int nt, int h0, int nh, int prefetch,
+                            float out[][2 * HALF_ROWS]) {
+    const int has_m = rwkvx_packed_has_min(type);
+    const __m256i ones = _mm256_set1_epi16(1);
+    const int64_t stride = x->stride_blocks;
+    __m256 acc[2][PA_TOKEN_TILE];
+    for (int h = 0; h < nh; h++)
+        for (int t = 0; t < nt; t++) acc[h][t] = _mm256_setzero_ps();
+    for (int64_t c = 0; c < n_blocks; c++) {
+        const uint8_t *column = group + (size_t)c * regions->column;
+        if (prefetch)
+            for (size_t line = 0; line < regions->column; line += 64) {
+                _mm_prefetch((const char *)(column + PA_PREFETCH_L1_BYTES + line), _MM_HINT_T0);
+                _mm_prefetch((const char *)(column + PA_PREFETCH_L2_BYTES + line), _MM_HINT_T1);
+            }
+        for (int hh = 0; hh < nh; hh++) {
+            const int h = h0 + hh;
+            __m256i isum[PA_TOKEN_TILE];
+            for (int t = 0; t < nt; t++) {
+                const int64_t i = (t0 + t) * stride + c;
+                /* Q4_0/Q5_0: start from -offset * sum(q_x), which turns the unsigned codes' dot into the signed one */
+                isum[t] = (type == RWKVX_TYPE_Q4_0 || type == RWKVX_TYPE_Q5_0) ? _mm256_set1_epi32(x->aux[i])
+                                                                              : _mm256_setzero_si256();
+            }
+            if (type == RWKVX_TYPE_Q8_0) {
+                const __m256i flip = _mm256_set1_epi8((char)0x80);
+                for (int s = 0; s < 8; s++) {
+                    const __m256i v = _mm256_loadu_si256((const __m256i *)(column + regions->codes + 64 * s + 32 * h));
+                    const __m256i q = _mm256_xor_si256(v, flip), q_abs = _mm256_abs_epi8(q);
+                    for (int t = 0; t < nt; t++) {
+                        const int8_t *qx = x->qs + ((t0 + t) * stride + c) * RWKVX_QK;
+                        const __m256i pairs = _mm256_maddubs_epi16(q_abs, _mm256_sign_epi8(broadcast_u32(qx + 4 * s), q));
+                        isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(pairs, ones));
+                    }
+                }
+            } else if (rwkvx_packed_has_qh(type)) {
+                /* 5-bit codes: 4 pairs at most per int16 lane, so low and high nibbles are summed apart */
+                for (int which = 0; which < 2; which++) {
+                    __m256i pairs[PA_TOKEN_TILE];
+                    for (int t = 0; t < nt; t++) pairs[t] = _mm256_setzero_si256();
+                    for (int z = 0; z < 4; z++) {
+                        const __m256i u = small_codes(type, column, regions, z, h, which);
+                        for (int t = 0; t < nt; t++) {
+                            const int8_t *qx = x->qs + ((t0 + t) * stride + c) * RWKVX_QK;
+                            pairs[t] = _mm256_add_epi16(pairs[t],
+                                                        _mm256_maddubs_epi16(u, broadcast_u32(qx + 16 * which + 4 * z)));
+                        }
+                    }
+                    for (int t = 0; t < nt; t++) isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(pairs[t], ones));
+                }
+            } else {
+                /* 4-bit codes: all 8 pairs of a block fit one int16 lane */
+                __m256i pairs[PA_TOKEN_TILE];
+                for (int t = 0; t < nt; t++) pairs[t] = _mm256_setzero_si256();
+                for (int z = 0; z < 4; z++) {
+                    const __m256i lo = small_codes(type, column, regions, z, h, 0);
+                    const __m256i hi = small_codes(type, column, regions, z, h, 1);
+                    for (int t = 0; t < nt; t++) {
+                        const int8_t *qx = x->qs + ((t0 + t) * stride + c) * RWKVX_QK;
+                        pairs[t] = _mm256_add_epi16(
+                            pairs[t], _mm256_add_epi16(_mm256_maddubs_epi16(lo, broadcast_u32(qx + 4 * z)),
+                                                       _mm256_maddubs_epi16(hi, broadcast_u32(qx + 16 + 4 * z))));
+                    }
+                }
+                for (int t = 0; t < nt; t++) isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(pairs[t], ones));
+            }
+            const __m256 dw =
+                _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(column + regions->d + 2 * HALF_ROWS * (size_t)h)));
+            const __m256 mw = has_m ? _mm256_cvtph_ps(_mm_loadu_si128(
+                                          (const __m128i *)(column + regions->m + 2 * HALF_ROWS * (size_t)h)))
+                                    : _mm256_setzero_ps();
+            for (int t = 0; t < nt; t++) {
+                const int64_t i = (t0 + t) * stride + c;
+                const __m256 scaled = _mm256_mul_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(dw, _mm256_set1_ps(x->dv[i])));
+                acc[hh][t] = _mm256_add_ps(acc[hh][t], scaled);
+                if (has_m) acc[hh][t] = _mm256_add_ps(acc[hh][t], _mm256_mul_ps(mw, _mm256_set1_ps(load_f32(x->aux + i))));
+            }
+        }
+    }
+    for (int hh = 0; hh < nh; hh++)
+        for (int t = 0; t < nt; t++) _mm256_storeu_ps(out[t] + HALF_ROWS * (h0 + hh), acc[hh][t]);
+}
+
+/* Tokens [t0, t0 + nt) of one group into y (only its n_real rows). */
+FORCE_INLINE void group_tokens(int type, const uint8_t *group, const rwkvx_packed_regions *regions, int64_t n_blocks,
+                               const rwkvx_q8_acts *x, int64_t t0, int nt, float *y, int64_t ldy, int64_t n_real) {
+    float out[PA_TOKEN_TILE][2 * HALF_ROWS];
+    if (nt == 1) {
+        /* one token: both halves in one pass over the group, so each line is read once */
+        half_tile(type, group, regions, n_blocks, x, t0, 1, 0, 2, 1, out);
+    } else {
+        /* more tokens: a half at a time keeps every accumulator in a register; the second pass
+         * reads the group back from the caches */
+        switch (nt) { /* constant tile sizes keep the accumulators in registers */
+#if PA_TOKEN_TILE > 4
+#error "PA_TOKEN_TILE above 4 needs more cases"
+#endif
+        case 4:
+            half_tile(type, group, regions, n_blocks, x, t0, 4, 0, 1, t0 == 0, out);
+            half_tile(type, group, regions, n_blocks, x, t0, 4, 1, 1, 0, out);
+            break;
+        case 3:
+            half_tile(type, group, regions, n_blocks, x, t0, 3, 0, 1, t0 == 0, out);
+            half_tile(type, group, regions, n_blocks, x, t0, 3, 1, 1, 0, out);
+            break;
+        default:
+            half_tile(type, group, regions, n_blocks, x, t0, 2, 0, 1, t0 == 0, out);
+            half_tile(type, group, regions, n_blocks, x, t0, 2, 1, 1, 0, out);
+            break;
+        }
+    }
+    for (int t = 0; t < nt; t++) memcpy(y + (t0 + t) * ldy, out[t], (size_t)n_real * sizeof(float));
+}
+
+FORCE_INLINE void packed_typed(int type, const rwkvx_tensor *w, const rwkvx_q8_acts *x, float *y, int64_t ldy) {
+    const int64_t n_blocks = w->n_in / RWKVX_QK, T = x->n_tokens;
+    const rwkvx_packed_regions regions = rwkvx_packed_layout(type, n_blocks);
+    for (int64_t o = 0; o < w->n_rows; o += RWKVX_PACK_ROWS) {
+        const uint8_t *group = (const uint8_t *)w->data + (size_t)(o / RWKVX_PACK_ROWS) * regions.group;
+        const int64_t left = w->n_rows - o, n_real = left < RWKVX_PACK_ROWS ? left : RWKVX_PACK_ROWS;
+        for (int64_t t0 = 0; t0 < T;) {
+            const int64_t rest = T - t0;
+            const int nt = rest >= PA_TOKEN_TILE ? PA_TOKEN_TILE : (int)rest;
+            group_tokens(type, group, &regions, n_blocks, x, t0, nt, y + o, ldy, n_real);
+            t0 += nt;
+        }
+    }
+}
+
+void rwkvx_matmul_q8_packed_avx2(const rwkvx_tensor *w, const rwkvx_q8_acts *x, float *y, int64_t ldy) {
+    switch (w->type) {
+    case RWKVX_TYPE_Q8_0: packed_typed(RWKVX_TYPE_Q8_0, w, x, y, ldy); return;
+    case RWKVX_TYPE_Q5_1: packed_typed(RWKVX_TYPE_Q5_1, w, x, y, ldy); return;
+    case RWKVX_TYPE_Q5_0: packed_typed(RWKVX_TYPE_Q5_0, w, x, y, ldy); return;
+    case RWKVX_TYPE_Q4_1: packed_typed(RWKVX_TYPE_Q4_1, w, x, y, ldy); return;
+    case RWKVX_TYPE_Q4_0: packed_typed(RWKVX_TYPE_Q4_0, w, x, y, ldy); return;
+    default: return; /* only quantized types are ever packed */
+    }
+}
