@@ -166,7 +166,7 @@ def test_activation_quantization_level_equals_scalar(isa, seed):
 
 
 @pytest.mark.parametrize("isa", LEVELS)
-@pytest.mark.parametrize("n_blocks", (1, 2, 15, 16, 17, 31, 33, 50))
+@pytest.mark.parametrize("n_blocks", (1, 2, 7, 8, 9, 15, 16, 17, 31, 33, 50))
 def test_activation_quantization_any_block_count(isa, n_blocks):
     """Runs of blocks that do not fill the levels' groups of blocks, with the NaN and infinity blocks
     moved to other places in them: every block as the scalar routine gives it."""

@@ -124,7 +124,7 @@ static const rwkvx_kernel_table table_avx2 = {
     .dequant_row = rwkvx_dequant_row_ref, /* one row per token: not worth a variant */
     .wkv7_heads = rwkvx_wkv7_heads_avx2,
     .v7_gates = rwkvx_v7_gates_avx2,
-    .quantize_blocks = rwkvx_quantize_blocks_ref,
+    .quantize_blocks = rwkvx_quantize_blocks_avx2,
 };
 #endif
 #ifdef RWKVX_HAVE_AVX512

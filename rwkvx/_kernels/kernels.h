@@ -113,6 +113,8 @@ typedef void (*rwkvx_quantize_blocks_fn)(const float *x, int64_t n_blocks, int8_
                                          float *d_exact, int32_t *sum);
 void rwkvx_quantize_blocks_ref(const float *x, int64_t n_blocks, int8_t *q, float *d_stored, float *d_exact,
                                int32_t *sum);
+void rwkvx_quantize_blocks_avx2(const float *x, int64_t n_blocks, int8_t *q, float *d_stored, float *d_exact,
+                                int32_t *sum);
 void rwkvx_quantize_blocks_avx512(const float *x, int64_t n_blocks, int8_t *q, float *d_stored, float *d_exact,
                                   int32_t *sum);
 
