@@ -98,14 +98,9 @@ FORCE_INLINE void half_tile(int type, const uint8_t *group, const rwkvx_packed_r
         for (int hh = 0; hh < nh; hh++) {
             const int h = h0 + hh;
             __m256i isum[PA_TOKEN_TILE];
-            for (int t = 0; t < nt; t++) {
-                const int64_t i = (t0 + t) * stride + c;
-                /* Q4_0/Q5_0: start from -offset * sum(q_x), which turns the unsigned codes' dot into the signed one */
-                isum[t] = (type == RWKVX_TYPE_Q4_0 || type == RWKVX_TYPE_Q5_0) ? _mm256_set1_epi32(x->aux[i])
-                                                                              : _mm256_setzero_si256();
-            }
             if (type == RWKVX_TYPE_Q8_0) {
                 const __m256i flip = _mm256_set1_epi8((char)0x80);
+                for (int t = 0; t < nt; t++) isum[t] = _mm256_setzero_si256();
                 for (int s = 0; s < 8; s++) {
                     const __m256i v = _mm256_loadu_si256((const __m256i *)(column + regions->codes + 64 * s + 32 * h));
                     const __m256i q = _mm256_xor_si256(v, flip), q_abs = _mm256_abs_epi8(q);
@@ -128,7 +123,10 @@ FORCE_INLINE void half_tile(int type, const uint8_t *group, const rwkvx_packed_r
                                                         _mm256_maddubs_epi16(u, broadcast_u32(qx + 16 * which + 4 * z)));
                         }
                     }
-                    for (int t = 0; t < nt; t++) isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(pairs[t], ones));
+                    for (int t = 0; t < nt; t++) {
+                        const __m256i part = _mm256_madd_epi16(pairs[t], ones);
+                        isum[t] = which == 0 ? part : _mm256_add_epi32(isum[t], part);
+                    }
                 }
             } else {
                 /* 4-bit codes: all 8 pairs of a block fit one int16 lane */
@@ -144,8 +142,13 @@ FORCE_INLINE void half_tile(int type, const uint8_t *group, const rwkvx_packed_r
                                                        _mm256_maddubs_epi16(hi, broadcast_u32(qx + 16 + 4 * z))));
                     }
                 }
-                for (int t = 0; t < nt; t++) isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(pairs[t], ones));
+                for (int t = 0; t < nt; t++) isum[t] = _mm256_madd_epi16(pairs[t], ones);
             }
+            if (type == RWKVX_TYPE_Q4_0 || type == RWKVX_TYPE_Q5_0)
+                /* -offset * sum(q_x) turns the unsigned codes' dot into the signed one (added last: fewer
+                 * registers live in the loops above, and integer sums are exact in any order) */
+                for (int t = 0; t < nt; t++)
+                    isum[t] = _mm256_add_epi32(isum[t], _mm256_set1_epi32(x->aux[(t0 + t) * stride + c]));
             const __m256 dw =
                 _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(column + regions->d + 2 * HALF_ROWS * (size_t)h)));
             const __m256 mw = has_m ? _mm256_cvtph_ps(_mm_loadu_si128(
