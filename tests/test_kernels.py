@@ -226,21 +226,25 @@ def test_real_shapes_match_reference(isa, type_name):
     rng = np.random.default_rng(5)
     for n_rows, n_in in REAL_SHAPES:
         raw = random_weights(type_name, n_rows, n_in, rng)
-        x = rng.standard_normal((2, n_in)).astype(np.float32)
-        expected = run("scalar", type_name, raw, n_in, n_rows, x)
-        actual = run(isa, type_name, misaligned(raw, 3), n_in, n_rows, x)
-        assert_within_reorder(actual, expected, dequantized(raw, type_name, n_rows, n_in),
-                              effective_activations(x, type_name),
-                              f"{isa} {type_name} {n_rows}x{n_in}")
+        # one token too: there the float products read rows of 256-2048 inputs one at a time
+        for n_tokens in (1, 2):
+            x = rng.standard_normal((n_tokens, n_in)).astype(np.float32)
+            expected = run("scalar", type_name, raw, n_in, n_rows, x)
+            actual = run(isa, type_name, misaligned(raw, 3), n_in, n_rows, x)
+            assert_within_reorder(actual, expected, dequantized(raw, type_name, n_rows, n_in),
+                                  effective_activations(x, type_name),
+                                  f"{isa} {type_name} {n_rows}x{n_in} T={n_tokens}")
 
 
+@pytest.mark.parametrize("blocks", (3, 8, 65))
 @pytest.mark.parametrize("type_name", TYPES)
 @pytest.mark.parametrize("isa", ISAS)
-def test_token_count_does_not_change_any_result(isa, type_name):
-    """Sequence mode must equal one token at a time bit for bit: tiles of tokens never mix."""
+def test_token_count_does_not_change_any_result(isa, type_name, blocks):
+    """Sequence mode must equal one token at a time bit for bit: tiles of tokens never mix (also where
+    one token reads its rows in another order than a tile of tokens: float rows of 256-2048 inputs)."""
     usable(isa)
     rng = np.random.default_rng(6)
-    n_rows, n_in = 19, (3 * QK if type_name in QUANTIZED else 3 * QK + 5)
+    n_rows, n_in = 19, (blocks * QK if type_name in QUANTIZED else blocks * QK + 5)
     raw = random_weights(type_name, n_rows, n_in, rng)
     x = rng.standard_normal((max(TOKEN_COUNTS), n_in)).astype(np.float32)
     one_at_a_time = np.concatenate([run(isa, type_name, raw, n_in, n_rows, x[t:t + 1]) for t in range(len(x))])
