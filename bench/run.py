@@ -18,7 +18,11 @@ does: a CPU whose last-level cache holds part of a small model serves those byte
 and a probe on one huge buffer would then call decoding faster than possible. It is measured before
 and after each model's run and, in the model's process, in turns with more decoding windows; the best
 figure is kept: on a shared machine a probe that happens to run in a busy moment would otherwise
-understate the bandwidth and flatter the ratio.
+understate the bandwidth and flatter the ratio. The 'paired' column is a second ratio, taken where the
+machine's bandwidth comes in phases: the median over PAIRED_WINDOWS pairs of a decoding window and a
+probe window of PAIR_SECONDS each, side by side, each pair's own ratio (see paired_ratios). Where the
+bandwidth is steady both ratios agree; where it has fast phases shorter than the run, the best-of
+ratio compares decoding's average with the probe's fastest moment and overstates the ratio.
 """
 from __future__ import annotations
 
@@ -49,43 +53,67 @@ PROBE_TURNS = 3  # bandwidth probes taken in turn with decoding, in the model's 
 WARMUP_TOKENS = 3
 DECODE_WINDOWS = 4
 BATCH_SEQUENCES = 8  # the "8-seq t/s" column
+PAIRED_WINDOWS = 12  # decode / probe window pairs of the "paired" ratio
+PAIR_SECONDS = 0.25
 
 
-def measure_read_bandwidth(threads: int, n_bytes: int, repeats: int = 8, min_seconds: float = 0.25) -> float:
-    """Best GB/s of `threads` threads each streaming its own contiguous slice of an n_bytes buffer
-    (capped at BANDWIDTH_BUFFER_MAX_BYTES), after one warm pass, as decoding streams each matrix: at
-    least `repeats` passes of each way of reading (PROBE_PREFETCHES) and min_seconds of them (a small
-    model's pass takes milliseconds, and one busy moment of the machine must not pass for its
-    bandwidth)."""
-    from rwkvx import _core
+class ReadProbe:
+    """`threads` threads each streaming its own contiguous slice of one buffer of n_bytes (capped at
+    BANDWIDTH_BUFFER_MAX_BYTES), as decoding streams each matrix; the buffer is kept between readings."""
 
-    n_bytes = min(n_bytes, BANDWIDTH_BUFFER_MAX_BYTES)
-    buf = np.ones(n_bytes, dtype=np.uint8)  # ones: every page really allocated
-    step = n_bytes // threads // 64 * 64
-    slices = [buf[i * step:(i + 1) * step] for i in range(threads)]
-    # each thread streams its slice several times per timed pass, so that starting and joining the
-    # threads (a fraction of a millisecond) stays far below 1% of what is timed even for small models
-    sweeps = max(1, -(-PROBE_PASS_BYTES // (step * threads)))
+    def __init__(self, threads: int, n_bytes: int):
+        n_bytes = min(n_bytes, BANDWIDTH_BUFFER_MAX_BYTES)
+        self.buf = np.ones(n_bytes, dtype=np.uint8)  # ones: every page really allocated
+        step = n_bytes // threads // 64 * 64
+        self.slices = [self.buf[i * step:(i + 1) * step] for i in range(threads)]
+        self.pass_bytes_per_sweep = step * threads
+        # each thread streams its slice several times per timed pass, so that starting and joining the
+        # threads (a fraction of a millisecond) stays far below 1% of what is timed even for small models
+        self.sweeps = max(1, -(-PROBE_PASS_BYTES // self.pass_bytes_per_sweep))
+        self.one_pass(PROBE_PREFETCHES[0])  # brings the buffer to the state decoding sees
 
-    def stream(part, prefetch):
-        for _ in range(sweeps):
-            _core.read_bytes(part, *prefetch)
+    def one_pass(self, prefetch) -> float:
+        """Seconds of one timed pass (every thread its slice, `sweeps` times)."""
+        from rwkvx import _core
 
-    best = 0.0
-    began = time.perf_counter()
-    attempt = 0
-    while attempt <= repeats * len(PROBE_PREFETCHES) or time.perf_counter() - began < min_seconds:
-        prefetch = PROBE_PREFETCHES[attempt % len(PROBE_PREFETCHES)]
-        workers = [threading.Thread(target=stream, args=(s, prefetch)) for s in slices]
+        def stream(part):
+            for _ in range(self.sweeps):
+                _core.read_bytes(part, *prefetch)
+
+        workers = [threading.Thread(target=stream, args=(s,)) for s in self.slices]
         start = time.perf_counter()
         for w in workers:
             w.start()
         for w in workers:
             w.join()
-        if attempt > 0:  # the first pass only brings the buffer to the state decoding sees
-            best = max(best, sweeps * step * threads / (time.perf_counter() - start) / 1e9)
-        attempt += 1
-    return best
+        return time.perf_counter() - start
+
+    def best(self, repeats: int = 8, min_seconds: float = 0.25) -> float:
+        """Best GB/s of single passes: at least `repeats` passes of each way of reading
+        (PROBE_PREFETCHES) and min_seconds of them (a small model's pass takes milliseconds, and one
+        busy moment of the machine must not pass for its bandwidth)."""
+        best, attempt, began = 0.0, 0, time.perf_counter()
+        while attempt < repeats * len(PROBE_PREFETCHES) or time.perf_counter() - began < min_seconds:
+            seconds = self.one_pass(PROBE_PREFETCHES[attempt % len(PROBE_PREFETCHES)])
+            best = max(best, self.sweeps * self.pass_bytes_per_sweep / seconds / 1e9)
+            attempt += 1
+        return best
+
+    def window(self, seconds: float) -> float:
+        """GB/s over passes for about `seconds`, the ways of reading (PROBE_PREFETCHES) taken in turn
+        pass by pass: the best way's total bytes over its total time."""
+        elapsed = [0.0] * len(PROBE_PREFETCHES)
+        passes = [0] * len(PROBE_PREFETCHES)
+        while sum(elapsed) < seconds or min(passes) == 0:
+            way = sum(passes) % len(PROBE_PREFETCHES)
+            elapsed[way] += self.one_pass(PROBE_PREFETCHES[way])
+            passes[way] += 1
+        return max(n * self.sweeps * self.pass_bytes_per_sweep / t / 1e9 for n, t in zip(passes, elapsed))
+
+
+def measure_read_bandwidth(threads: int, n_bytes: int, repeats: int = 8, min_seconds: float = 0.25) -> float:
+    """Best GB/s of single probe passes over a buffer of n_bytes (ReadProbe.best)."""
+    return ReadProbe(threads, n_bytes).best(repeats, min_seconds)
 
 
 def peak_rss_mb() -> float:
@@ -132,6 +160,35 @@ def time_batch_decode(model, n_tokens: int, n_seq: int = BATCH_SEQUENCES) -> flo
     return n_seq / best
 
 
+def decode_for(model, state, seconds: float, logits="last") -> float:
+    """Seconds per token of decoding (one token per call, state updated in place) for about `seconds`."""
+    start, n = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds or n == 0:
+        model.forward(n % model.n_vocab, state, logits=logits, inplace=True)
+        n += 1
+    return (time.perf_counter() - start) / n
+
+
+def paired_ratios(model, probe: ReadProbe, per_token: int) -> list[float]:
+    """Ratios to the bound of decoding (with logits) and the bandwidth probe measured in alternate
+    windows of PAIR_SECONDS each, one ratio per pair: this machine's bandwidth comes in phases (a
+    plain 2-thread read here runs at ~33 GB/s for tens of seconds, then ~45-53 for about a second),
+    and a best-of probe of short passes catches the fast phases that longer decoding windows average
+    over; a pair measures both in the same moment. The order within a pair alternates."""
+    state = model.new_state()
+    decode_for(model, state, 0.05)  # warm
+    ratios = []
+    for pair in range(PAIRED_WINDOWS):
+        if pair % 2 == 0:
+            seconds_per_token = decode_for(model, state, PAIR_SECONDS)
+            gbs = probe.window(PAIR_SECONDS)
+        else:
+            gbs = probe.window(PAIR_SECONDS)
+            seconds_per_token = decode_for(model, state, PAIR_SECONDS)
+        ratios.append(seconds_per_token / (per_token / (gbs * 1e9)))
+    return ratios
+
+
 def time_prefill(model, length: int, repeats: int = 3) -> float:
     """Tokens per second of one call with `length` tokens (logits of the last one), best of `repeats`."""
     tokens = np.arange(length, dtype=np.int32) % model.n_vocab
@@ -166,11 +223,15 @@ def measure_one(path: str, threads: int, n_tokens: int) -> dict:
     out["peak_rss_mb"] = peak_rss_mb()  # before the probe's buffer below
     # decoding and the bandwidth probe in turns, each side's best kept: on a shared machine the memory
     # bandwidth changes from second to second, and the ratio should compare like moments
-    per_token, probe = bytes_read_per_token(path), 0.0
+    per_token = bytes_read_per_token(path)
+    reader = ReadProbe(threads, per_token)
+    probe = 0.0
     for _ in range(PROBE_TURNS):
-        probe = max(probe, measure_read_bandwidth(threads, per_token, repeats=4, min_seconds=0.1))
+        probe = max(probe, reader.best(repeats=4, min_seconds=0.1))
         out["ms_logits"] = min(out["ms_logits"], time_decode(model, n_tokens, "last") * 1e3)
     out["probe_gbs"] = probe
+    ratios = sorted(paired_ratios(model, reader, per_token))
+    out["paired_ratio"] = ratios[len(ratios) // 2]  # the median (the upper one of an even count)
     return out
 
 
@@ -204,7 +265,7 @@ def main(argv=None) -> int:
           f"(at most {BANDWIDTH_BUFFER_MAX_BYTES >> 20} MiB); column 'probe GB/s'")
     print(f"# {rwkv_pypi_note()}")
     header = ("model", "type", "MB/tok", "load s", "RSS MB", "ms/tok", "ms/tok nolog", "pf128 t/s", "pf512 t/s",
-              "8-seq t/s", "GB/s", "probe GB/s", "bound ms", "ratio")
+              "8-seq t/s", "GB/s", "probe GB/s", "bound ms", "ratio", "paired")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for model in args.models.split(","):
@@ -226,7 +287,7 @@ def main(argv=None) -> int:
             row = (model, data_type, f"{per_token / 1e6:.0f}", f"{r['load_s']:.3f}", f"{r['peak_rss_mb']:.0f}",
                    f"{r['ms_logits']:.2f}", f"{r['ms_no_logits']:.2f}", f"{r['prefill_128']:.0f}",
                    f"{r['prefill_512']:.0f}", f"{r['batch_tps']:.0f}", f"{streamed:.1f}", f"{bandwidth:.1f}",
-                   f"{bound_ms:.2f}", f"{r['ms_logits'] / bound_ms:.2f}")
+                   f"{bound_ms:.2f}", f"{r['ms_logits'] / bound_ms:.2f}", f"{r['paired_ratio']:.2f}")
             print("| " + " | ".join(row) + " |", flush=True)
     return 0
 
