@@ -1,0 +1,174 @@
+/* One matrix product kernel against a plain read of the same bytes, pass by pass.
+ *
+ * usage: kernel_vs_read LEVEL TYPE N_IN N_ROWS PASSES
+ *   LEVEL avx2 | avx512; TYPE a ggml type id (0 F32, 1 F16, 2 Q4_0, 3 Q4_1, 7 Q5_0, 8 Q5_1, 9 Q8_0;
+ *   quantized matrices are packed as rwkvx.load packs them)
+ *
+ * Two threads, each its half of the rows, one token: what decoding does with every matrix. Each pass
+ * times the product, then a plain read and a prefetching read of a buffer as large as the matrix
+ * (rwkvx_read_stream), so that the three share the machine's moment; a pass's ratio is the product's
+ * time over the faster read's. Prints one line: TYPE N_IN N_ROWS BYTES, the median, first and third
+ * quartile of the ratios, and the median GB/s of the product (the first pass dropped). Built and run
+ * by kernel_vs_read.py.
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+
+#include "kernels.h"
+#include "packed.h"
+
+#define MAX_PASSES 1000
+#define TIMED_WAYS 3 /* the product, a plain read, a read with the products' prefetch distances */
+
+typedef void (*float_product)(const rwkvx_tensor *, const float *, int64_t, int64_t, float *, int64_t);
+typedef void (*packed_product)(const rwkvx_tensor *, const rwkvx_q8_acts *, float *, int64_t);
+
+static struct {
+    float_product float_fn;
+    packed_product packed_fn;
+    rwkvx_tensor w;
+    const float *x;
+    rwkvx_q8_acts xq;
+    float *y;
+    const uint8_t *read_buffer;
+    size_t bytes;
+    int passes;
+    pthread_barrier_t barrier;
+    double seconds[TIMED_WAYS][MAX_PASSES];
+    volatile uint64_t sink;
+} run;
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static void *thread_main(void *arg) {
+    const int id = (int)(intptr_t)arg;
+    int64_t half = run.w.n_rows / 2;
+    half -= half % RWKVX_PACK_ROWS; /* a packed share starts on a group */
+    const int64_t begin = id == 0 ? 0 : half, end = id == 0 ? half : run.w.n_rows;
+    const rwkvx_tensor share = rwkvx_tensor_rows(&run.w, begin, end);
+    const size_t read_bytes = run.bytes / 2;
+    const uint8_t *read_part = run.read_buffer + (size_t)id * read_bytes;
+    for (int pass = 0; pass < run.passes; pass++)
+        for (int way = 0; way < TIMED_WAYS; way++) {
+            pthread_barrier_wait(&run.barrier);
+            const double start = now();
+            if (way == 0 && run.packed_fn != NULL)
+                run.packed_fn(&share, &run.xq, run.y + begin, run.w.n_rows);
+            else if (way == 0)
+                run.float_fn(&share, run.x, run.w.n_in, 1, run.y + begin, run.w.n_rows);
+            else
+                run.sink += rwkvx_read_stream(read_part, read_bytes, way == 1 ? 0 : 2048, way == 1 ? 0 : 4096);
+            pthread_barrier_wait(&run.barrier);
+            if (id == 0) run.seconds[way][pass] = now() - start;
+        }
+    return NULL;
+}
+
+/* Zeroed memory in 2 MiB pages where the kernel gives them, as rwkvx.load places its matrices. */
+static void *huge_zeroed(size_t bytes) {
+    const size_t huge = (size_t)1 << 21, rounded = (bytes + huge - 1) / huge * huge;
+    void *p = aligned_alloc(huge, rounded);
+    if (p == NULL) {
+        fprintf(stderr, "kernel_vs_read: cannot allocate %zu bytes\n", rounded);
+        exit(1);
+    }
+    madvise(p, rounded, MADV_HUGEPAGE);
+    memset(p, 0, rounded);
+    return p;
+}
+
+/* Weights in the file's layout: plausible finite values (the speed of a product never depends on them,
+ * but NaN scales could end up as denormals in the sums). */
+static uint8_t *random_weights(int type, int64_t n_in, int64_t n_rows, size_t *bytes) {
+    *bytes = rwkvx_row_bytes(type, (size_t)n_in) * (size_t)n_rows;
+    uint8_t *w = huge_zeroed(*bytes);
+    srand(1);
+    if (type == RWKVX_TYPE_F32)
+        for (size_t i = 0; i < *bytes / 4; i++) ((float *)w)[i] = (float)(rand() % 200 - 100) * 0.01f;
+    else if (type == RWKVX_TYPE_F16)
+        for (size_t i = 0; i < *bytes / 2; i++) ((uint16_t *)w)[i] = (uint16_t)(0x3c00 ^ (rand() & 0x83ff));
+    else {
+        for (size_t i = 0; i < *bytes; i++) w[i] = (uint8_t)rand();
+        const size_t block = rwkvx_row_bytes(type, RWKVX_QK);
+        const int has_min = type == RWKVX_TYPE_Q4_1 || type == RWKVX_TYPE_Q5_1;
+        for (size_t i = 0; i < *bytes; i += block) {
+            const uint16_t scale = 0x2000; /* 2^-7, then the min for _1 types */
+            memcpy(w + i, &scale, 2);
+            if (has_min) memcpy(w + i + 2, &scale, 2);
+        }
+    }
+    return w;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 6) {
+        fprintf(stderr, "usage: kernel_vs_read avx2|avx512 TYPE N_IN N_ROWS PASSES\n");
+        return 2;
+    }
+    const int avx512 = strcmp(argv[1], "avx512") == 0;
+    const int type = atoi(argv[2]);
+    const int64_t n_in = atoll(argv[3]), n_rows = atoll(argv[4]);
+    run.passes = atoi(argv[5]);
+    const int quantized = type != RWKVX_TYPE_F32 && type != RWKVX_TYPE_F16;
+    if ((!avx512 && strcmp(argv[1], "avx2") != 0) || run.passes < 2 || run.passes > MAX_PASSES || n_in <= 0 ||
+        n_rows < 2 * RWKVX_PACK_ROWS || (quantized && (n_in % RWKVX_QK != 0 || n_rows % RWKVX_PACK_ROWS != 0)) ||
+        rwkvx_row_bytes(type, RWKVX_QK) == 0) {
+        fprintf(stderr, "kernel_vs_read: bad arguments\n");
+        return 2;
+    }
+    size_t file_bytes;
+    uint8_t *weights = random_weights(type, n_in, n_rows, &file_bytes);
+    run.w = (rwkvx_tensor){weights, type, (int32_t)n_in, (int32_t)n_rows, RWKVX_LAYOUT_ROWS};
+    run.bytes = file_bytes;
+    float *x = huge_zeroed((size_t)n_in * sizeof(float));
+    for (int64_t i = 0; i < n_in; i++) x[i] = (float)(i % 7) * 0.1f - 0.3f;
+    run.x = x;
+    if (quantized) {
+        run.bytes = rwkvx_packed_bytes(type, n_in, n_rows);
+        void *packed = huge_zeroed(run.bytes);
+        rwkvx_pack_matrix(NULL, weights, type, n_in, n_rows, packed);
+        run.w.data = packed;
+        run.w.layout = RWKVX_LAYOUT_PACKED16;
+        if (rwkvx_q8_acts_quantize(&run.xq, type, x, n_in, 1, n_in, rwkvx_q8_acts_want_lanes(&run.w)) != RWKVX_OK)
+            return 1;
+        run.packed_fn = avx512 ? rwkvx_matmul_q8_packed_avx512 : rwkvx_matmul_q8_packed_avx2;
+    } else
+        run.float_fn = avx512 ? rwkvx_matmul_avx512 : rwkvx_matmul_avx2;
+    run.y = huge_zeroed((size_t)n_rows * sizeof(float));
+    uint8_t *read_buffer = huge_zeroed(run.bytes);
+    memset(read_buffer, 1, run.bytes);
+    run.read_buffer = read_buffer;
+
+    pthread_barrier_init(&run.barrier, NULL, 2);
+    pthread_t other;
+    pthread_create(&other, NULL, thread_main, (void *)(intptr_t)1);
+    thread_main((void *)(intptr_t)0);
+    pthread_join(other, NULL);
+
+    double ratio[MAX_PASSES], gbs[MAX_PASSES];
+    int n = 0;
+    for (int pass = 1; pass < run.passes; pass++, n++) { /* the first pass only warms up */
+        const double read = run.seconds[1][pass] < run.seconds[2][pass] ? run.seconds[1][pass] : run.seconds[2][pass];
+        ratio[n] = run.seconds[0][pass] / read;
+        gbs[n] = (double)run.bytes / run.seconds[0][pass] / 1e9;
+    }
+    qsort(ratio, (size_t)n, sizeof(double), cmp_double);
+    qsort(gbs, (size_t)n, sizeof(double), cmp_double);
+    printf("%d %lld %lld %zu %.3f %.3f %.3f %.1f\n", type, (long long)n_in, (long long)n_rows, run.bytes, ratio[n / 2],
+           ratio[n / 4], ratio[(3 * n) / 4], gbs[n / 2]);
+    return 0;
+}
