@@ -1,8 +1,11 @@
 /* One matrix product kernel against a plain read of the same bytes, pass by pass.
  *
- * usage: kernel_vs_read LEVEL TYPE N_IN N_ROWS PASSES
+ * usage: kernel_vs_read LEVEL TYPE N_IN N_ROWS PASSES COPIES
  *   LEVEL avx2 | avx512; TYPE a ggml type id (0 F32, 1 F16, 2 Q4_0, 3 Q4_1, 7 Q5_0, 8 Q5_1, 9 Q8_0;
- *   quantized matrices are packed as rwkvx.load packs them)
+ *   quantized matrices are packed as rwkvx.load packs them); COPIES: pass k uses copy k mod COPIES of
+ *   the matrix and of the read buffer, so that with enough copies every pass reads memory the caches
+ *   no longer hold, as decoding reads each matrix once per token (1: the same bytes every pass, in
+ *   the caches when they fit)
  *
  * Two threads, each its half of the rows, one token: what decoding does with every matrix. Each pass
  * times the product, then a plain read and a prefetching read of a buffer as large as the matrix
@@ -13,6 +16,7 @@
  */
 #define _GNU_SOURCE
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,10 +39,11 @@ static struct {
     const float *x;
     rwkvx_q8_acts xq;
     float *y;
+    const uint8_t *weights; /* copy k at weights + k * copy_stride, the read buffer's likewise */
     const uint8_t *read_buffer;
-    size_t bytes;
-    int passes;
-    pthread_barrier_t barrier;
+    size_t bytes, copy_stride;
+    int passes, copies;
+    atomic_int arrived, phase;
     double seconds[TIMED_WAYS][MAX_PASSES];
     volatile uint64_t sink;
 } run;
@@ -49,17 +54,32 @@ static double now(void) {
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
+/* Both threads past this point before either goes on: spinning, as the pool's threads do between the
+ * products of a token (a futex wake-up would add tens of microseconds to every pass of a small matrix). */
+static void barrier(int *my_phase) {
+    *my_phase = !*my_phase;
+    if (atomic_fetch_add(&run.arrived, 1) == 1) {
+        atomic_store(&run.arrived, 0);
+        atomic_store(&run.phase, *my_phase);
+    } else
+        while (atomic_load(&run.phase) != *my_phase) __builtin_ia32_pause();
+}
+
 static void *thread_main(void *arg) {
     const int id = (int)(intptr_t)arg;
     int64_t half = run.w.n_rows / 2;
     half -= half % RWKVX_PACK_ROWS; /* a packed share starts on a group */
     const int64_t begin = id == 0 ? 0 : half, end = id == 0 ? half : run.w.n_rows;
-    const rwkvx_tensor share = rwkvx_tensor_rows(&run.w, begin, end);
     const size_t read_bytes = run.bytes / 2;
-    const uint8_t *read_part = run.read_buffer + (size_t)id * read_bytes;
+    int my_phase = 0;
     for (int pass = 0; pass < run.passes; pass++)
         for (int way = 0; way < TIMED_WAYS; way++) {
-            pthread_barrier_wait(&run.barrier);
+            const size_t copy = (size_t)(pass % run.copies) * run.copy_stride;
+            rwkvx_tensor w = run.w;
+            w.data = run.weights + copy;
+            const rwkvx_tensor share = rwkvx_tensor_rows(&w, begin, end);
+            const uint8_t *read_part = run.read_buffer + copy + (size_t)id * read_bytes;
+            barrier(&my_phase);
             const double start = now();
             if (way == 0 && run.packed_fn != NULL)
                 run.packed_fn(&share, &run.xq, run.y + begin, run.w.n_rows);
@@ -67,7 +87,7 @@ static void *thread_main(void *arg) {
                 run.float_fn(&share, run.x, run.w.n_in, 1, run.y + begin, run.w.n_rows);
             else
                 run.sink += rwkvx_read_stream(read_part, read_bytes, way == 1 ? 0 : 2048, way == 1 ? 0 : 4096);
-            pthread_barrier_wait(&run.barrier);
+            barrier(&my_phase);
             if (id == 0) run.seconds[way][pass] = now() - start;
         }
     return NULL;
@@ -115,16 +135,17 @@ static int cmp_double(const void *a, const void *b) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 6) {
-        fprintf(stderr, "usage: kernel_vs_read avx2|avx512 TYPE N_IN N_ROWS PASSES\n");
+    if (argc != 7) {
+        fprintf(stderr, "usage: kernel_vs_read avx2|avx512 TYPE N_IN N_ROWS PASSES COPIES\n");
         return 2;
     }
     const int avx512 = strcmp(argv[1], "avx512") == 0;
     const int type = atoi(argv[2]);
     const int64_t n_in = atoll(argv[3]), n_rows = atoll(argv[4]);
     run.passes = atoi(argv[5]);
+    run.copies = atoi(argv[6]);
     const int quantized = type != RWKVX_TYPE_F32 && type != RWKVX_TYPE_F16;
-    if ((!avx512 && strcmp(argv[1], "avx2") != 0) || run.passes < 2 || run.passes > MAX_PASSES || n_in <= 0 ||
+    if ((!avx512 && strcmp(argv[1], "avx2") != 0) || run.copies < 1 || run.passes < 2 || run.passes > MAX_PASSES || n_in <= 0 ||
         n_rows < 2 * RWKVX_PACK_ROWS || (quantized && (n_in % RWKVX_QK != 0 || n_rows % RWKVX_PACK_ROWS != 0)) ||
         rwkvx_row_bytes(type, RWKVX_QK) == 0) {
         fprintf(stderr, "kernel_vs_read: bad arguments\n");
@@ -139,21 +160,27 @@ int main(int argc, char **argv) {
     run.x = x;
     if (quantized) {
         run.bytes = rwkvx_packed_bytes(type, n_in, n_rows);
-        void *packed = huge_zeroed(run.bytes);
-        rwkvx_pack_matrix(NULL, weights, type, n_in, n_rows, packed);
-        run.w.data = packed;
         run.w.layout = RWKVX_LAYOUT_PACKED16;
         if (rwkvx_q8_acts_quantize(&run.xq, type, x, n_in, 1, n_in, rwkvx_q8_acts_want_lanes(&run.w)) != RWKVX_OK)
             return 1;
         run.packed_fn = avx512 ? rwkvx_matmul_q8_packed_avx512 : rwkvx_matmul_q8_packed_avx2;
     } else
         run.float_fn = avx512 ? rwkvx_matmul_avx512 : rwkvx_matmul_avx2;
+    run.copy_stride = (run.bytes + 4095) / 4096 * 4096;
+    uint8_t *copies = huge_zeroed(run.copy_stride * (size_t)run.copies);
+    for (int k = 0; k < run.copies; k++) {
+        uint8_t *copy = copies + (size_t)k * run.copy_stride;
+        if (quantized)
+            rwkvx_pack_matrix(NULL, weights, type, n_in, n_rows, copy);
+        else
+            memcpy(copy, weights, run.bytes);
+    }
+    run.weights = copies;
     run.y = huge_zeroed((size_t)n_rows * sizeof(float));
-    uint8_t *read_buffer = huge_zeroed(run.bytes);
-    memset(read_buffer, 1, run.bytes);
+    uint8_t *read_buffer = huge_zeroed(run.copy_stride * (size_t)run.copies);
+    memset(read_buffer, 1, run.copy_stride * (size_t)run.copies);
     run.read_buffer = read_buffer;
 
-    pthread_barrier_init(&run.barrier, NULL, 2);
     pthread_t other;
     pthread_create(&other, NULL, thread_main, (void *)(intptr_t)1);
     thread_main((void *)(intptr_t)0);

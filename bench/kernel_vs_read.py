@@ -6,7 +6,9 @@ as large with a plain read and with a prefetching one; the ratio of a pass is th
 over the faster read's. Taken pass by pass, the ratio does not move with the machine's bandwidth
 (which on a shared machine has fast and slow phases of seconds): a product at 1.00 streams its
 weights as fast as the machine can read them. Prints the median ratio with its quartiles and the
-product's median GB/s.
+product's median GB/s. Each pass reads another copy of the matrix (and of the read buffer), as many
+copies as make --cold-mb, so that every pass reads memory the caches no longer hold, as decoding reads
+each matrix once per token; --cold-mb 0 reads the same bytes every pass (cached when they fit).
 
 The C kernels are compiled from rwkvx/_kernels/ with setup.py's flags (each ISA file with its own)
 into a temporary directory: needs gcc, nothing else is built or installed.
@@ -27,10 +29,13 @@ KERNELS = ROOT / "rwkvx" / "_kernels"
 sys.path.insert(0, str(ROOT))  # the checkout, if rwkvx is not installed
 
 TYPE_IDS = {"FP32": 0, "FP16": 1, "Q4_0": 2, "Q4_1": 3, "Q5_0": 7, "Q5_1": 8, "Q8_0": 9}
-# (type, n_in, n_rows): the v7 0.1B head, rows of 2048 and 8192 inputs (v7 1.5B), packed quantized types
+BYTES_PER_32 = {"FP32": 128, "FP16": 64, "Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q5_1": 24, "Q8_0": 34}
+# (type, n_in, n_rows): the v7 0.1B head, rows of 2048 and 8192 inputs (v7 1.5B), packed quantized types,
+# and the v7 0.1B FFN key matrix (2.5 MB in Q8_0: a thread's share of a layer's product is that small)
 DEFAULT_CASES = (("FP16", 768, 65536), ("FP32", 768, 32768), ("FP16", 2048, 24576), ("FP16", 8192, 6144),
                  ("Q8_0", 2048, 65536), ("Q5_1", 2048, 65536), ("Q5_0", 2048, 65536), ("Q4_1", 2048, 65536),
-                 ("Q4_0", 2048, 65536), ("Q4_0", 8192, 16384))
+                 ("Q4_0", 2048, 65536), ("Q4_0", 8192, 16384), ("FP16", 768, 3072), ("Q8_0", 768, 3072),
+                 ("Q4_0", 768, 3072))
 
 
 def setup_flags() -> tuple[list[str], dict[str, list[str]]]:
@@ -74,6 +79,8 @@ def main(argv=None) -> int:
     parser.add_argument("--levels", help="comma-separated, of avx2, avx512 (default: those this CPU runs)")
     parser.add_argument("--passes", type=int, default=30, help="timed passes per case (the first is dropped)")
     parser.add_argument("--cases", help="TYPE:N_IN:N_ROWS,... (default: the v7 shapes above)")
+    parser.add_argument("--cold-mb", type=float, default=256.0,
+                        help="bytes of matrix copies that passes cycle through (0: one copy)")
     args = parser.parse_args(argv)
     if shutil.which("gcc") is None:
         print("kernel_vs_read: needs gcc", file=sys.stderr)
@@ -96,20 +103,22 @@ def main(argv=None) -> int:
             cases.append((type_name, int(n_in), int(n_rows)))
 
     print(f"# {info['model_name']}; 2 threads, one token; {args.passes} passes, each: product, plain read, "
-          f"prefetching read")
-    print("| level | type | n_in x n_rows | MB | product GB/s | product / read: median | q1-q3 |")
-    print("|---|---|---|---|---|---|---|")
+          f"prefetching read; copies cycled through: {args.cold_mb:g} MB of them")
+    print("| level | type | n_in x n_rows | MB | copies | product GB/s | product / read: median | q1-q3 |")
+    print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         executable = build(Path(tmp))
         for level in levels:
             for type_name, n_in, n_rows in cases:
+                matrix_bytes = n_in // 32 * BYTES_PER_32[type_name] * n_rows
+                copies = max(1, -(-int(args.cold_mb * 1e6) // matrix_bytes))
                 result = subprocess.run([str(executable), level, str(TYPE_IDS[type_name]), str(n_in), str(n_rows),
-                                         str(args.passes)], capture_output=True, text=True)
+                                         str(args.passes), str(copies)], capture_output=True, text=True)
                 if result.returncode != 0:
                     print(f"| {level} | {type_name} | {n_in} x {n_rows} | failed: {result.stderr.strip()} |")
                     continue
                 _, _, _, n_bytes, median, q1, q3, gbs = result.stdout.split()
-                print(f"| {level} | {type_name} | {n_in} x {n_rows} | {int(n_bytes) / 1e6:.0f} | {float(gbs):.1f} | "
+                print(f"| {level} | {type_name} | {n_in} x {n_rows} | {int(n_bytes) / 1e6:.1f} | {copies} | {float(gbs):.1f} | "
                       f"{float(median):.3f} | {float(q1):.3f}-{float(q3):.3f} |", flush=True)
     return 0
 
