@@ -3,7 +3,7 @@
  * usage: kernel_vs_read LEVEL TYPE N_IN N_ROWS PASSES COPIES
  *   LEVEL avx2 | avx512; TYPE a ggml type id (0 F32, 1 F16, 2 Q4_0, 3 Q4_1, 7 Q5_0, 8 Q5_1, 9 Q8_0;
  *   quantized matrices are packed as rwkvx.load packs them); COPIES: pass k uses copy k mod COPIES of
- *   the matrix and of the read buffer, so that with enough copies every pass reads memory the caches
+ *   the matrix and each of its two reads a copy of the read buffer of its own (2 COPIES of those), so that with enough copies every pass reads memory the caches
  *   no longer hold, as decoding reads each matrix once per token (1: the same bytes every pass, in
  *   the caches when they fit)
  *
@@ -39,7 +39,9 @@ static struct {
     const float *x;
     rwkvx_q8_acts xq;
     float *y;
-    const uint8_t *weights; /* copy k at weights + k * copy_stride, the read buffer's likewise */
+    const uint8_t *weights;     /* copy k at weights + k * copy_stride */
+    /* 2 * copies copies: the two reads of a pass never read the same bytes, or the second would find the
+     * first's in the last-level cache whenever they fit there */
     const uint8_t *read_buffer;
     size_t bytes, copy_stride;
     int passes, copies;
@@ -74,11 +76,11 @@ static void *thread_main(void *arg) {
     int my_phase = 0;
     for (int pass = 0; pass < run.passes; pass++)
         for (int way = 0; way < TIMED_WAYS; way++) {
-            const size_t copy = (size_t)(pass % run.copies) * run.copy_stride;
             rwkvx_tensor w = run.w;
-            w.data = run.weights + copy;
+            w.data = run.weights + (size_t)(pass % run.copies) * run.copy_stride;
             const rwkvx_tensor share = rwkvx_tensor_rows(&w, begin, end);
-            const uint8_t *read_part = run.read_buffer + copy + (size_t)id * read_bytes;
+            const size_t read_copy = (size_t)((2 * pass + way - 1) % (2 * run.copies));
+            const uint8_t *read_part = run.read_buffer + read_copy * run.copy_stride + (size_t)id * read_bytes;
             barrier(&my_phase);
             const double start = now();
             if (way == 0 && run.packed_fn != NULL)
@@ -177,8 +179,8 @@ int main(int argc, char **argv) {
     }
     run.weights = copies;
     run.y = huge_zeroed((size_t)n_rows * sizeof(float));
-    uint8_t *read_buffer = huge_zeroed(run.copy_stride * (size_t)run.copies);
-    memset(read_buffer, 1, run.copy_stride * (size_t)run.copies);
+    uint8_t *read_buffer = huge_zeroed(2 * run.copy_stride * (size_t)run.copies);
+    memset(read_buffer, 1, 2 * run.copy_stride * (size_t)run.copies);
     run.read_buffer = read_buffer;
 
     pthread_t other;
