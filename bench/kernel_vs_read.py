@@ -28,8 +28,6 @@ ROOT = Path(__file__).resolve().parent.parent
 KERNELS = ROOT / "rwkvx" / "_kernels"
 sys.path.insert(0, str(ROOT))  # the checkout, if rwkvx is not installed
 
-TYPE_IDS = {"FP32": 0, "FP16": 1, "Q4_0": 2, "Q4_1": 3, "Q5_0": 7, "Q5_1": 8, "Q8_0": 9}
-BYTES_PER_32 = {"FP32": 128, "FP16": 64, "Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q5_1": 24, "Q8_0": 34}
 # (type, n_in, n_rows): the v7 0.1B head, rows of 2048 and 8192 inputs (v7 1.5B), packed quantized types,
 # and the v7 0.1B FFN key matrix (2.5 MB in Q8_0: a thread's share of a layer's product is that small)
 DEFAULT_CASES = (("FP16", 768, 65536), ("FP32", 768, 32768), ("FP16", 2048, 24576), ("FP16", 8192, 6144),
@@ -86,6 +84,7 @@ def main(argv=None) -> int:
         print("kernel_vs_read: needs gcc", file=sys.stderr)
         return 1
     from rwkvx.cpu import cpu_info
+    from rwkvx.formats.ggml_types import ggml_type
 
     info = cpu_info()
     supported = [level for level in ("avx512", "avx2") if level in info["supported"]]
@@ -110,9 +109,9 @@ def main(argv=None) -> int:
         executable = build(Path(tmp))
         for level in levels:
             for type_name, n_in, n_rows in cases:
-                matrix_bytes = n_in // 32 * BYTES_PER_32[type_name] * n_rows
+                matrix_bytes = ggml_type(type_name).nbytes(n_in) * n_rows
                 copies = max(1, -(-int(args.cold_mb * 1e6) // matrix_bytes))
-                result = subprocess.run([str(executable), level, str(TYPE_IDS[type_name]), str(n_in), str(n_rows),
+                result = subprocess.run([str(executable), level, str(ggml_type(type_name).id), str(n_in), str(n_rows),
                                          str(args.passes), str(copies)], capture_output=True, text=True)
                 if result.returncode != 0:
                     print(f"| {level} | {type_name} | {n_in} x {n_rows} | failed: {result.stderr.strip()} |")

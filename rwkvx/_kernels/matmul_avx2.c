@@ -62,7 +62,7 @@ FORCE_INLINE void dot_tile(int type, const uint8_t *rows, size_t rb, int nr, int
     for (int64_t b = 0; b < n_blocks; b++) {
         for (int r = 0; r < nr; r++) {
             const uint8_t *row = rows + r * rb;
-            /* the rows lie back to back: one stream, prefetched past each row's end into the next */
+            /* the rows lie back to back: a row's stream is prefetched past its end into the next row */
             for (size_t line = 0; line < bb; line += 64) {
                 _mm_prefetch((const char *)(row + b * bb + line + F2_PREFETCH_L1_BYTES), _MM_HINT_T0);
                 _mm_prefetch((const char *)(row + b * bb + line + F2_PREFETCH_L2_BYTES), _MM_HINT_T1);
