@@ -17,6 +17,7 @@
 #include "exp_poly.h"
 #include "kernels.h"
 #include "pool.h"
+#include "products.h"
 
 #define RWKVX_MAX_CHUNK 128 /* tokens per internal chunk: bounds scratch memory */
 
@@ -36,93 +37,6 @@ typedef struct scratch {
 static const float *vec(const rwkvx_layer *L, int slot) { return (const float *)L->t[slot].data; }
 static const rwkvx_tensor *mat(const rwkvx_layer *L, int slot) { return &L->t[slot]; }
 
-/* Rows per share boundary: 16 floats of a T=1 output are one cache line, so
- * threads never write the same line; and a packed matrix splits only between groups. */
-#define RWKVX_ROW_GRAIN RWKVX_PACK_ROWS
-
-/* Work a product's thread does on the output rows [begin, end) it has just computed. */
-typedef void (*rows_fn)(void *ctx, int64_t begin, int64_t end);
-
-typedef struct matmul_job {
-    const rwkvx_tensor *w;
-    const float *x; /* float activations (F32/F16 weights) */
-    int64_t ldx, T;
-    const rwkvx_q8_acts *xq; /* quantized activations (quantized weights), else NULL */
-    float *y;
-    int64_t ldy;
-    rows_fn then; /* or NULL */
-    void *then_ctx;
-} matmul_job;
-
-/* Rows [begin, end) of a product: the same kernel on a slice of the matrix, so
- * every output element is computed exactly as without threads. */
-static void matmul_rows(void *ctx, int64_t begin, int64_t end) {
-    const matmul_job *job = ctx;
-    const rwkvx_tensor part = rwkvx_tensor_rows(job->w, begin, end);
-    if (part.layout == RWKVX_LAYOUT_PACKED16)
-        rwkvx_kernels->matmul_q8_packed(&part, job->xq, job->y + begin, job->ldy);
-    else if (job->xq != NULL)
-        rwkvx_kernels->matmul_q8(&part, job->xq, job->y + begin, job->ldy);
-    else
-        rwkvx_kernels->matmul(&part, job->x, job->ldx, job->T, job->y + begin, job->ldy);
-    if (job->then != NULL) job->then(job->then_ctx, begin, end);
-}
-
-/* Tokens from which quantizing the activations is split between threads (each
- * token's row is quantized by the same code whichever thread takes it). */
-#define PARALLEL_QUANTIZE_MIN_TOKENS 8
-
-typedef struct quantize_job {
-    rwkvx_q8_acts *xq;
-    int weight_type;
-    const float *x;
-    int64_t ldx;
-} quantize_job;
-
-static void quantize_rows(void *ctx, int64_t begin, int64_t end) {
-    const quantize_job *q = ctx;
-    rwkvx_q8_acts_fill(q->xq, q->weight_type, q->x, q->ldx, begin, end);
-}
-
-/* buf prepared for T rows of a product's activations when w is quantized (the product then
- * takes them quantized, see matmul_then), else NULL (it takes floats). */
-static rwkvx_q8_acts *quantized_input(rwkvx_q8_acts *buf, const rwkvx_tensor *w, int64_t T) {
-    if (!rwkvx_type_is_quantized(w->type)) return NULL;
-    /* no error path out of the layer code: like the kernels' row buffers, only exhausted memory fails */
-    if (rwkvx_q8_acts_alloc(buf, T, w->n_in, rwkvx_q8_acts_want_lanes(w)) != RWKVX_OK) abort();
-    return buf;
-}
-
-/* y = W x for T rows, then `then` (if not NULL) over the output rows each thread
- * computed, split at multiples of `grain` rows. Quantized weights: the activations
- * are quantized once here, for all T rows, and every thread's slice of rows reads
- * the same quants, unless xq brings them already quantized. */
-static void matmul_then(const rwkvx_model *m, const rwkvx_tensor *w, const float *x, const rwkvx_q8_acts *xq,
-                        int64_t ldx, int64_t T, float *y, int64_t ldy, rows_fn then, void *then_ctx, int64_t grain) {
-    const int64_t bytes = (int64_t)rwkvx_row_bytes(w->type, (size_t)w->n_in) * w->n_rows * T;
-    matmul_job job = {w, x, ldx, T, xq, y, ldy, then, then_ctx};
-    rwkvx_q8_acts own;
-    const int parallel = m->pool != NULL && bytes >= m->parallel_min_bytes;
-    if (xq == NULL && quantized_input(&own, w, T) != NULL) {
-        quantize_job q = {&own, w->type, x, ldx};
-        if (parallel && T >= PARALLEL_QUANTIZE_MIN_TOKENS)
-            rwkvx_pool_run(m->pool, quantize_rows, &q, T, 1);
-        else
-            quantize_rows(&q, 0, T);
-        job.xq = &own;
-    }
-    if (!parallel)
-        matmul_rows(&job, 0, w->n_rows);
-    else
-        rwkvx_pool_run_balanced(m->pool, matmul_rows, &job, w->n_rows, grain);
-    if (job.xq != NULL && xq == NULL) rwkvx_q8_acts_free(&own);
-}
-
-static void matmul(const rwkvx_model *m, const rwkvx_tensor *w, const float *x, int64_t ldx, int64_t T, float *y,
-                   int64_t ldy) {
-    matmul_then(m, w, x, NULL, ldx, T, y, ldy, NULL, NULL, RWKVX_ROW_GRAIN);
-}
-
 /* Quantize channels [c0, c1) (whole blocks) of T rows of x into xq, if not NULL: a thread's part. */
 static void quantize_channels(rwkvx_q8_acts *xq, int weight_type, const float *x, int64_t ldx, int64_t T,
                               int64_t c0, int64_t c1) {
@@ -131,14 +45,15 @@ static void quantize_channels(rwkvx_q8_acts *xq, int weight_type, const float *x
 
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
-/* Widest low-rank intermediate of any layer (v6: 5*D and D2; v7: D of w, a, v, g). */
+/* Floats per token of the low-rank intermediates of any layer: v6's widest (5*D or D2: one at a
+ * time), v7's four (w, a, g, v) side by side, as its products run together (time_mix_v7). */
 static int64_t lora_width(const rwkvx_model *m) {
     int64_t width = 0;
-    for (int32_t i = 0; i < m->n_layer; i++)
-        for (int s = 0; s < RWKVX_N_LAYER_SLOTS; s++)
-            if (s == RWKVX_MAA_W1 || s == RWKVX_DECAY_W1 || s == RWKVX_W1 || s == RWKVX_A1 ||
-                s == RWKVX_V1 || s == RWKVX_G1)
-                width = max64(width, m->layers[i].t[s].n_rows);
+    for (int32_t i = 0; i < m->n_layer; i++) {
+        const rwkvx_tensor *t = m->layers[i].t;
+        width = max64(width, max64(t[RWKVX_MAA_W1].n_rows, t[RWKVX_DECAY_W1].n_rows));
+        width = max64(width, (int64_t)t[RWKVX_W1].n_rows + t[RWKVX_A1].n_rows + t[RWKVX_G1].n_rows + t[RWKVX_V1].n_rows);
+    }
     return width;
 }
 
@@ -207,7 +122,7 @@ static void add_rows(float *x, const float *d, int64_t n) {
     for (int64_t i = 0; i < n; i++) x[i] += d[i];
 }
 
-/* x += y over the rows a thread of a product has just computed (matmul_then): the residual add
+/* x += y over the rows a thread of a product has just computed (rwkvx_product_then): the residual add
  * split with the product instead of a pass by the calling thread alone after it. */
 typedef struct residual_job {
     float *x;
@@ -225,7 +140,7 @@ static void add_residual_rows(void *ctx, int64_t begin, int64_t end) {
 static void project_into_residual(const rwkvx_model *m, const rwkvx_tensor *w, const float *in,
                                   const rwkvx_q8_acts *inq, int64_t T, float *out, float *x) {
     residual_job residual = {x, out, w->n_rows, T};
-    matmul_then(m, w, in, inq, w->n_in, T, out, w->n_rows, add_residual_rows, &residual, RWKVX_ROW_GRAIN);
+    rwkvx_product_then(m, w, in, inq, w->n_in, T, out, w->n_rows, add_residual_rows, &residual, RWKVX_ROW_GRAIN);
 }
 
 /* ---- channel mixing (FFN) --------------------------------------------- */
@@ -312,7 +227,7 @@ static void group_norm(const rwkvx_model *m, float *y, int64_t T, const float *w
 }
 
 /* The low-rank products' nonlinearities, applied by each thread of the product to the outputs it has
- * just computed (matmul_then), so that none waits while one does them all: at one token, 96 libm tanhf
+ * just computed (rwkvx_product_then), so that none waits while one does them all: at one token, 96 libm tanhf
  * took 2.4 us of a v7 1.5B layer on the calling thread alone. */
 enum { ACTIVATE_TANH, ACTIVATE_SIGMOID };
 
@@ -337,7 +252,7 @@ static void activate_outputs(void *ctx, int64_t begin, int64_t end) {
 static void matmul_activated(const rwkvx_model *m, const rwkvx_tensor *w, const float *x, int64_t ldx, int64_t T,
                              float *h, int kind) {
     activation_job job = {h, w->n_rows, T, kind};
-    matmul_then(m, w, x, NULL, ldx, T, h, w->n_rows, activate_outputs, &job, RWKVX_ROW_GRAIN);
+    rwkvx_product_then(m, w, x, NULL, ldx, T, h, w->n_rows, activate_outputs, &job, RWKVX_ROW_GRAIN);
 }
 
 /* At few tokens (rows too few to share) the per-token work before a block of v7's products is split
@@ -409,7 +324,7 @@ static void channel_mix(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
     rwkvx_q8_acts xk_q;
     ffn_input_job input = {L, s, x, T, C, rs, layer_offset, NULL, key->type}; /* ffn_xx: the layer's first C floats */
     if (v7_by_channels(m, T)) {
-        input.xq = quantized_input(&xk_q, key, T);
+        input.xq = rwkvx_product_input(&xk_q, key, T);
         rwkvx_pool_run(m->pool, v7_ffn_input_channels, &input, C, CHANNEL_GRAIN);
     } else {
         layer_norm(m, x, f, T, C, vec(L, RWKVX_LN2_W), vec(L, RWKVX_LN2_B));
@@ -429,14 +344,14 @@ static void channel_mix(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
     }
     const rwkvx_tensor *value = mat(L, RWKVX_FFN_V);
     rwkvx_q8_acts hq;
-    hidden_job hidden = {s->hidden, F, T, quantized_input(&hq, value, T), value->type};
-    matmul_then(m, key, xk, input.xq, C, T, s->hidden, F, hidden_rows, &hidden, HIDDEN_GRAIN);
+    hidden_job hidden = {s->hidden, F, T, rwkvx_product_input(&hq, value, T), value->type};
+    rwkvx_product_then(m, key, xk, input.xq, C, T, s->hidden, F, hidden_rows, &hidden, HIDDEN_GRAIN);
     if (input.xq != NULL) rwkvx_q8_acts_free(&xk_q);
     if (m->arch == RWKVX_ARCH_V7) {
         project_into_residual(m, value, s->hidden, hidden.xq, T, s->out, x);
     } else { /* the receptance's gate comes between the value product and the residual */
-        matmul_then(m, value, s->hidden, hidden.xq, F, T, s->out, C, NULL, NULL, RWKVX_ROW_GRAIN);
-        matmul(m, mat(L, RWKVX_FFN_R), xr, C, T, s->r, C);
+        rwkvx_product_then(m, value, s->hidden, hidden.xq, F, T, s->out, C, NULL, NULL, RWKVX_ROW_GRAIN);
+        rwkvx_product(m, mat(L, RWKVX_FFN_R), xr, C, T, s->r, C);
         for (int64_t i = 0; i < T * C; i++) s->out[i] *= rwkvx_sigmoid_poly(s->r[i]);
         add_rows(x, s->out, T * C);
     }
@@ -452,9 +367,9 @@ static void time_mix_v4(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
     lerp_mix(s->a, s->prev, vec(L, RWKVX_ATT_MIX_K), T, C, xk);
     lerp_mix(s->a, s->prev, vec(L, RWKVX_ATT_MIX_V), T, C, xv);
     lerp_mix(s->a, s->prev, vec(L, RWKVX_ATT_MIX_R), T, C, xr);
-    matmul(m, mat(L, RWKVX_ATT_K), xk, C, T, s->k, C);
-    matmul(m, mat(L, RWKVX_ATT_V), xv, C, T, s->v, C);
-    matmul(m, mat(L, RWKVX_ATT_R), xr, C, T, s->r, C);
+    rwkvx_product(m, mat(L, RWKVX_ATT_K), xk, C, T, s->k, C);
+    rwkvx_product(m, mat(L, RWKVX_ATT_V), xv, C, T, s->v, C);
+    rwkvx_product(m, mat(L, RWKVX_ATT_R), xr, C, T, s->r, C);
     const int64_t steps = rs->sequential ? 1 : T, step_T = rs->sequential ? T : 1;
     for (int64_t t = 0; t < steps; t++) { /* one call over all rows, or one per independent row */
         float *st = row_state(rs, t, layer_offset);
@@ -483,15 +398,15 @@ static void time_mix_v5(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
     lerp_mix(s->a, s->prev, vec(L, RWKVX_ATT_MIX_K), T, C, xk);
     lerp_mix(s->a, s->prev, vec(L, RWKVX_ATT_MIX_V), T, C, xv);
     lerp_mix(s->a, s->prev, vec(L, RWKVX_ATT_MIX_R), T, C, xr);
-    matmul(m, mat(L, RWKVX_ATT_K), xk, C, T, s->k, C);
-    matmul(m, mat(L, RWKVX_ATT_V), xv, C, T, s->v, C);
-    matmul(m, mat(L, RWKVX_ATT_R), xr, C, T, s->r, C);
+    rwkvx_product(m, mat(L, RWKVX_ATT_K), xk, C, T, s->k, C);
+    rwkvx_product(m, mat(L, RWKVX_ATT_V), xv, C, T, s->v, C);
+    rwkvx_product(m, mat(L, RWKVX_ATT_R), xr, C, T, s->r, C);
     const float *u = vec(L, v52 ? RWKVX_ATT_FAAAA : RWKVX_ATT_FIRST);
     wkv5_rows(m, s, T, u, vec(L, RWKVX_ATT_DECAY), 0, rs, layer_offset);
     group_norm(m, s->y, T, vec(L, RWKVX_LNX_W), vec(L, RWKVX_LNX_B));
     if (v52) {
         lerp_mix(s->a, s->prev, vec(L, RWKVX_ATT_MIX_G), T, C, xg);
-        matmul(m, mat(L, RWKVX_ATT_G), xg, C, T, s->g, C);
+        rwkvx_product(m, mat(L, RWKVX_ATT_G), xg, C, T, s->g, C);
         for (int64_t i = 0; i < T * C; i++) s->y[i] *= s->g[i] * rwkvx_sigmoid_poly(s->g[i]);
     }
     project_into_residual(m, mat(L, RWKVX_ATT_O), s->y, NULL, T, s->out, x);
@@ -511,7 +426,7 @@ static void time_mix_v6(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
         rwkvx_tensor slab = {(const uint8_t *)w2->data + c * slab_bytes, w2->type, (int32_t)D, (int32_t)C,
                              RWKVX_LAYOUT_ROWS};
         float *xc = s->mix[c];
-        matmul(m, &slab, s->hidden + c * D, 5 * D, T, xc, C); /* xc = W2[c] h_c */
+        rwkvx_product(m, &slab, s->hidden + c * D, 5 * D, T, xc, C); /* xc = W2[c] h_c */
         const float *maa = vec(L, maa_slots[c]);
         for (int64_t t = 0; t < T; t++)
             for (int64_t i = 0; i < C; i++) {
@@ -520,13 +435,13 @@ static void time_mix_v6(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
             }
     }
     float *xw = s->mix[0], *xk = s->mix[1], *xv = s->mix[2], *xr = s->mix[3], *xg = s->mix[4];
-    matmul(m, mat(L, RWKVX_ATT_R), xr, C, T, s->r, C);
-    matmul(m, mat(L, RWKVX_ATT_K), xk, C, T, s->k, C);
-    matmul(m, mat(L, RWKVX_ATT_V), xv, C, T, s->v, C);
-    matmul(m, mat(L, RWKVX_ATT_G), xg, C, T, s->g, C);
+    rwkvx_product(m, mat(L, RWKVX_ATT_R), xr, C, T, s->r, C);
+    rwkvx_product(m, mat(L, RWKVX_ATT_K), xk, C, T, s->k, C);
+    rwkvx_product(m, mat(L, RWKVX_ATT_V), xv, C, T, s->v, C);
+    rwkvx_product(m, mat(L, RWKVX_ATT_G), xg, C, T, s->g, C);
     /* w = exp(-exp(time_decay + W_d2 tanh(W_d1 xw))), per token and channel */
     matmul_activated(m, mat(L, RWKVX_DECAY_W1), xw, C, T, s->hidden2, ACTIVATE_TANH);
-    matmul(m, mat(L, RWKVX_DECAY_W2), s->hidden2, D2, T, s->w, C);
+    rwkvx_product(m, mat(L, RWKVX_DECAY_W2), s->hidden2, D2, T, s->w, C);
     const float *decay = vec(L, RWKVX_ATT_DECAY);
     for (int64_t t = 0; t < T; t++)
         for (int64_t i = 0; i < C; i++) s->w[t * C + i] = rwkvx_exp_poly(-rwkvx_exp_poly(decay[i] + s->w[t * C + i]));
@@ -534,18 +449,6 @@ static void time_mix_v6(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
     group_norm(m, s->y, T, vec(L, RWKVX_LNX_W), vec(L, RWKVX_LNX_B));
     for (int64_t i = 0; i < T * C; i++) s->y[i] *= s->g[i] * rwkvx_sigmoid_poly(s->g[i]);
     project_into_residual(m, mat(L, RWKVX_ATT_O), s->y, NULL, T, s->out, x);
-}
-
-/* y = W2 f(W1 x) for a low-rank pair; f = tanh, sigmoid or identity. */
-enum { LORA_LINEAR, LORA_TANH, LORA_SIGMOID };
-static void lora(const rwkvx_model *m, const rwkvx_tensor *w1, const rwkvx_tensor *w2, const float *x, int64_t T,
-                 int activation, float *hidden, float *y) {
-    const int64_t C = w1->n_in, D = w1->n_rows;
-    if (activation == LORA_LINEAR)
-        matmul(m, w1, x, C, T, hidden, D);
-    else
-        matmul_activated(m, w1, x, C, T, hidden, activation == LORA_TANH ? ACTIVATE_TANH : ACTIVATE_SIGMOID);
-    matmul(m, w2, hidden, D, T, y, w2->n_rows);
 }
 
 /* v7 time mixing after the products, split by heads (pool tasks): a head's
@@ -616,6 +519,13 @@ static void v7_wkv_task(void *ctx, int64_t h0, int64_t h1) {
     quantize_channels(j->yq, j->yq_type, s->y, C, j->T, h0 * S, h1 * S);
 }
 
+/* Heads [h0, h1) from the products' outputs to y: the gates, then the recurrence. A head needs only
+ * its own channels of both, so one run does the two. */
+static void v7_heads_task(void *ctx, int64_t h0, int64_t h1) {
+    v7_gates_task(ctx, h0, h1);
+    v7_wkv_task(ctx, h0, h1);
+}
+
 /* The six token-shift mixes of v7, for tokens [t0, t1). */
 typedef struct v7_mix_job {
     const rwkvx_layer *L;
@@ -669,7 +579,7 @@ static void time_mix_v7(const rwkvx_model *m, const rwkvx_layer *L, int32_t laye
                       {rkv[0]->type, rkv[1]->type, rkv[2]->type}}; /* att_xx: the layer's second C floats */
     rwkvx_q8_acts rkv_q[3];
     if (v7_by_channels(m, T)) {
-        for (int q = 0; q < 3; q++) mix.xq[q] = quantized_input(&rkv_q[q], rkv[q], T);
+        for (int q = 0; q < 3; q++) mix.xq[q] = rwkvx_product_input(&rkv_q[q], rkv[q], T);
         rwkvx_pool_run(m->pool, v7_mix_channels, &mix, C, CHANNEL_GRAIN);
     } else if (m->pool != NULL && T >= PARALLEL_ROWS_MIN_TOKENS) {
         rwkvx_pool_run(m->pool, v7_mix_task, &mix, T, 1);
@@ -677,24 +587,39 @@ static void time_mix_v7(const rwkvx_model *m, const rwkvx_layer *L, int32_t laye
         v7_mix_task(&mix, 0, T);
     }
     float *xr = s->mix[0], *xw = s->mix[1], *xk = s->mix[2], *xv = s->mix[3], *xa = s->mix[4], *xg = s->mix[5];
-    /* every product first (their inputs are the mixes), then the per-head work */
-    matmul_then(m, rkv[0], xr, mix.xq[0], C, T, s->r, C, NULL, NULL, RWKVX_ROW_GRAIN);
-    matmul_then(m, rkv[1], xk, mix.xq[1], C, T, s->k, C, NULL, NULL, RWKVX_ROW_GRAIN);
-    matmul_then(m, rkv[2], xv, mix.xq[2], C, T, s->v, C, NULL, NULL, RWKVX_ROW_GRAIN);
+    /* every product whose input is a mix in one run; then, in another, the second products of the low-rank
+     * pairs (w = W2 tanh(W1 xw), alpha = A2 A1 xa, g = G2 sigmoid(G1 xg), v's V2 V1 xv), each reading its
+     * own part of s->hidden; then the per-head work */
+    const rwkvx_tensor *w1 = mat(L, RWKVX_W1), *a1 = mat(L, RWKVX_A1), *g1 = mat(L, RWKVX_G1), *v1 = mat(L, RWKVX_V1);
+    const int64_t Dw = w1->n_rows, Da = a1->n_rows, Dg = g1->n_rows, Dv = v1->n_rows;
+    float *hw = s->hidden, *ha = hw + T * Dw, *hg = ha + T * Da, *hv = hg + T * Dg;
+    activation_job tanh_w = {hw, Dw, T, ACTIVATE_TANH}, sigmoid_g = {hg, Dg, T, ACTIVATE_SIGMOID};
+    rwkvx_product_group inputs;
+    rwkvx_group_init(&inputs, RWKVX_ROW_GRAIN);
+    rwkvx_group_add(m, &inputs, rkv[0], xr, mix.xq[0], C, T, s->r, C, NULL, NULL);
+    rwkvx_group_add(m, &inputs, rkv[1], xk, mix.xq[1], C, T, s->k, C, NULL, NULL);
+    rwkvx_group_add(m, &inputs, rkv[2], xv, mix.xq[2], C, T, s->v, C, NULL, NULL);
+    rwkvx_group_add(m, &inputs, w1, xw, NULL, C, T, hw, Dw, activate_outputs, &tanh_w);
+    rwkvx_group_add(m, &inputs, a1, xa, NULL, C, T, ha, Da, NULL, NULL);
+    rwkvx_group_add(m, &inputs, g1, xg, NULL, C, T, hg, Dg, activate_outputs, &sigmoid_g);
+    if (layer > 0) rwkvx_group_add(m, &inputs, v1, xv, NULL, C, T, hv, Dv, NULL, NULL); /* layer 0's v is v_first */
+    rwkvx_group_run(m, &inputs);
     for (int q = 0; q < 3; q++)
         if (mix.xq[q] != NULL) rwkvx_q8_acts_free(&rkv_q[q]);
-    lora(m, mat(L, RWKVX_W1), mat(L, RWKVX_W2), xw, T, LORA_TANH, s->hidden, s->w);
-    lora(m, mat(L, RWKVX_A1), mat(L, RWKVX_A2), xa, T, LORA_LINEAR, s->hidden, s->alpha);
-    lora(m, mat(L, RWKVX_G1), mat(L, RWKVX_G2), xg, T, LORA_SIGMOID, s->hidden, s->g); /* gate g = G2 sigmoid(G1 xg) */
-    if (layer > 0) lora(m, mat(L, RWKVX_V1), mat(L, RWKVX_V2), xv, T, LORA_LINEAR, s->hidden, s->out);
+    rwkvx_product_group low_rank;
+    rwkvx_group_init(&low_rank, RWKVX_ROW_GRAIN);
+    rwkvx_group_add(m, &low_rank, mat(L, RWKVX_W2), hw, NULL, Dw, T, s->w, C, NULL, NULL);
+    rwkvx_group_add(m, &low_rank, mat(L, RWKVX_A2), ha, NULL, Da, T, s->alpha, C, NULL, NULL);
+    rwkvx_group_add(m, &low_rank, mat(L, RWKVX_G2), hg, NULL, Dg, T, s->g, C, NULL, NULL);
+    if (layer > 0) rwkvx_group_add(m, &low_rank, mat(L, RWKVX_V2), hv, NULL, Dv, T, s->out, C, NULL, NULL);
+    rwkvx_group_run(m, &low_rank);
     const rwkvx_tensor *output = mat(L, RWKVX_ATT_O);
     rwkvx_q8_acts yq;
     v7_heads_job heads = {m, L, s, T, layer, v_first, rs, layer_offset + 2 * (size_t)C, NULL, output->type};
     /* threads quantize y for the output product head by head: each head whole blocks, and whole cache lines of
      * them (two blocks at least) so threads never share one */
-    if (m->head_size % (2 * RWKVX_QK) == 0) heads.yq = quantized_input(&yq, output, T);
-    rwkvx_pool_run(m->pool, v7_gates_task, &heads, H, 1);
-    rwkvx_pool_run(m->pool, v7_wkv_task, &heads, H, 1);
+    if (m->head_size % (2 * RWKVX_QK) == 0) heads.yq = rwkvx_product_input(&yq, output, T);
+    rwkvx_pool_run(m->pool, v7_heads_task, &heads, H, 1);
     project_into_residual(m, output, s->y, heads.yq, T, s->out, x);
     if (heads.yq != NULL) rwkvx_q8_acts_free(&yq);
 }
@@ -763,7 +688,7 @@ int rwkvx_head(const rwkvx_model *m, const float *x, int64_t T, float *logits) {
     float *normed = malloc((size_t)(T * C) * sizeof(float));
     if (normed == NULL) return RWKVX_ERR_ALLOC;
     rwkvx_layer_norm_ref(x, normed, T, C, m->globals[RWKVX_LN_OUT_W].data, m->globals[RWKVX_LN_OUT_B].data, 1e-5f);
-    matmul(m, &m->globals[RWKVX_HEAD], normed, C, T, logits, m->n_vocab);
+    rwkvx_product(m, &m->globals[RWKVX_HEAD], normed, C, T, logits, m->n_vocab);
     free(normed);
     return RWKVX_OK;
 }
