@@ -9,6 +9,7 @@ from conftest import TINY
 from rwkvx.architecture import ModelShape, expected_tensors
 from rwkvx.formats.quantize import quantize_file
 from rwkvx.formats.writer import TensorRecord, write_rwkvcpp
+from rwkvx.reference import ReferenceModel
 
 MODELS = ("tiny-rwkv-7v0-834K-FP32.bin", "tiny-rwkv-6v0-3m-Q5_1.bin", "tiny-rwkv-4v0-660K-FP16.bin",
           "tiny-rwkv-5v2-730K-Q5_0.bin")
@@ -51,14 +52,16 @@ def test_one_token_calls_with_threads_match_one_sequence_call():
 
 # v7 with several heads: the tiny v7 model has one, so threads never split its heads
 MULTI_HEAD_V7 = ModelShape("v7", 256, 256, 2, 512, 4, 64, (("w1", 32), ("a1", 32), ("v1", 32), ("g1", 32)))
+# low-rank widths that are not multiples of the 16-row share grain: the products that run together in one
+# pool run (r, k, v and the four first low-rank ones) then have slices that end inside a unit
+ODD_LOW_RANK_V7 = ModelShape("v7", 256, 128, 2, 256, 2, 64, (("w1", 24), ("a1", 40), ("v1", 8), ("g1", 56)))
 
 
-@pytest.fixture(scope="module", params=("Q5_1", "Q4_0", "FP16"))
-def multi_head_v7(request, tmp_path_factory):
-    """A random v7 file with 4 heads of 64 (matrices ~ N(0, 1/n_in), vectors as in bench/models.py)."""
+def write_random_v7(model_shape, directory, data_type):
+    """A random v7 file (matrices ~ N(0, 1/n_in), vectors as in bench/models.py) of data_type in directory."""
     rng = np.random.default_rng(7)
     records = []
-    for name, shape in expected_tensors(MULTI_HEAD_V7).items():
+    for name, shape in expected_tensors(model_shape).items():
         if len([d for d in shape if d != 1]) >= 2:
             data = rng.standard_normal(shape).astype(np.float32) / np.float32(np.sqrt(shape[-1]))
             records.append(TensorRecord(name, shape, "FP32" if name.endswith("r_k") else "FP16",
@@ -67,15 +70,36 @@ def multi_head_v7(request, tmp_path_factory):
             value = {"weight": 1.0, "k_k": 1.0, "k_a": 1.0, "w0": -0.5}.get(name.rsplit(".", 1)[-1])
             data = np.full(shape, value, np.float32) if value is not None else rng.uniform(0, 0.5, shape)
             records.append(TensorRecord(name, shape, "FP32", data.astype(np.float32)))
-    directory = tmp_path_factory.mktemp("multi_head_v7")
     fp16 = directory / "FP16.bin"
-    write_rwkvcpp(fp16, records, n_vocab=MULTI_HEAD_V7.n_vocab, n_embd=MULTI_HEAD_V7.n_embd,
-                  n_layer=MULTI_HEAD_V7.n_layer, data_type="FP16")
-    if request.param == "FP16":
+    write_rwkvcpp(fp16, records, n_vocab=model_shape.n_vocab, n_embd=model_shape.n_embd,
+                  n_layer=model_shape.n_layer, data_type="FP16")
+    if data_type == "FP16":
         return fp16
-    path = directory / f"{request.param}.bin"
-    quantize_file(fp16, path, request.param)
+    path = directory / f"{data_type}.bin"
+    quantize_file(fp16, path, data_type)
     return path
+
+
+@pytest.fixture(scope="module", params=[(MULTI_HEAD_V7, "Q5_1"), (MULTI_HEAD_V7, "Q4_0"), (MULTI_HEAD_V7, "FP16"),
+                                        (ODD_LOW_RANK_V7, "FP16"), (ODD_LOW_RANK_V7, "Q8_0")],
+                ids=["Q5_1", "Q4_0", "FP16", "odd-low-rank-FP16", "odd-low-rank-Q8_0"])
+def multi_head_v7(request, tmp_path_factory):
+    model_shape, data_type = request.param
+    return write_random_v7(model_shape, tmp_path_factory.mktemp("multi_head_v7"), data_type)
+
+
+@pytest.mark.parametrize("threads", (1, 2, 3))
+def test_odd_low_rank_v7_matches_reference(tmp_path, threads):
+    """The products of a v7 layer that run together (slices of each ending inside a 16-row unit) give the
+    reference's logits and state, on one thread and split between several."""
+    path = write_random_v7(ODD_LOW_RANK_V7, tmp_path, "FP16")
+    model = rwkvx.load(path)
+    model._core.set_threads(threads, parallel_min_bytes=0)
+    expected_logits, expected_state = ReferenceModel.from_file(path).forward(list(TOKENS))
+    logits, state = run(model)
+    assert np.ptp(expected_logits) > 1  # a model that computes something
+    np.testing.assert_allclose(logits, expected_logits, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(state, expected_state, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("threads", (2, 3))
