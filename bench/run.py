@@ -4,7 +4,7 @@ Generates (or reuses) random-weight models with real shapes in bench/models/ (se
 memory read bandwidth in the same run, then for each model file, in a fresh process (so peak RSS and
 load time are its own), times:
   decode   ms per token, one token per call, with and without logits (serial decoding)
-  prefill  tokens/s for one call of 128 and of 512 tokens
+  prefill  tokens/s for one call of 128 and of 512 tokens (the median call of at least PREFILL_MIN_SECONDS)
   8-seq    aggregate tokens/s of 8 sequences decoding together (Model.forward_batch, with logits)
   load     seconds of rwkvx.load with its defaults (on AVX2 and AVX-512: one pass packing the quantized
            weights, plus the disk reads of a file not in the page cache; pack=False maps the file in
@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import threading
@@ -45,6 +46,7 @@ from models import DATA_TYPES, SHAPES, bytes_read_per_token, ensure_model  # noq
 BANDWIDTH_BUFFER_MAX_BYTES = 1 << 30  # beyond it, only DRAM bandwidth is measured anyway
 PROBE_PASS_BYTES = 1 << 30  # bytes streamed per timed probe pass (the buffer, again and again)
 PREFILL_LENGTHS = (128, 512)
+PREFILL_MIN_SECONDS = 1.5  # of prefill calls per length, at least (see time_prefill)
 # How the probe reads, taken in turn and the best kept: (bytes ahead prefetched into L1, into L2), 0 for not.
 # A plain read, the products' own distances, and longer ones: on this machine a plain read has read 21-23
 # GB/s while the same buffer read with prefetches read 26-29, and a bound from the weaker reader flatters.
@@ -189,16 +191,20 @@ def paired_ratios(model, probe: ReadProbe, per_token: int) -> list[float]:
     return ratios
 
 
-def time_prefill(model, length: int, repeats: int = 3) -> float:
-    """Tokens per second of one call with `length` tokens (logits of the last one), best of `repeats`."""
+def time_prefill(model, length: int, repeats: int = 3, min_seconds: float = PREFILL_MIN_SECONDS) -> float:
+    """Tokens per second of one call with `length` tokens (logits of the last one): the median call of at
+    least `repeats` and min_seconds of them. A v7 0.1B call takes ~0.1 s, and on a shared machine the speed
+    of a few calls moves by more than a change is worth: the best of three gave 985-1267 tokens/s for v7
+    0.1B Q4_0 in three runs of one afternoon, the best of 1.5 s of calls up to 1856 for Q8_0, a fast moment
+    rather than the machine's speed."""
     tokens = np.arange(length, dtype=np.int32) % model.n_vocab
     model.forward(tokens[:8])  # warm the mapping and the pool
-    best = float("inf")
-    for _ in range(repeats):
+    seconds, began = [], time.perf_counter()
+    while len(seconds) < repeats or time.perf_counter() - began < min_seconds:
         start = time.perf_counter()
         model.forward(tokens)
-        best = min(best, time.perf_counter() - start)
-    return length / best
+        seconds.append(time.perf_counter() - start)
+    return length / statistics.median(seconds)
 
 
 def measure_one(path: str, threads: int, n_tokens: int) -> dict:
