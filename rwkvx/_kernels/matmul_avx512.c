@@ -86,7 +86,7 @@ FORCE_INLINE const uint8_t *ahead_in_row(const uint8_t *rows, size_t rb, int nr,
  * accumulators per output (even and odd steps): at one token the 4 rows' chains alone would leave the
  * multiply-add units waiting on their latency. */
 FORCE_INLINE void float_tile(int type, const uint8_t *rows, size_t rb, int nr, const float *x, int64_t ldx, int nt,
-                             int64_t n, float *y, int64_t ldy, int prefetch, size_t near_bytes, size_t far_bytes) {
+                             int64_t n, float *y, int64_t ldy, size_t near_bytes, size_t far_bytes) {
     __m512 even[16], odd[16]; /* [4t + r]: two per output */
     for (int k = 0; k < 16; k++) even[k] = odd[k] = _mm512_setzero_ps();
     const size_t step_bytes = type == RWKVX_TYPE_F32 ? 64 : 32;
@@ -96,7 +96,7 @@ FORCE_INLINE void float_tile(int type, const uint8_t *rows, size_t rb, int nr, c
         const size_t done = (size_t)i / 16 * step_bytes;
         for (int r = 0; r < nr; r++) {
             const uint8_t *row = rows + r * rb;
-            if (prefetch) {
+            if (near_bytes != 0) { /* 0: the rows are in the caches already */
                 const uint8_t *near = ahead_in_row(rows, rb, nr, r, done + near_bytes);
                 const uint8_t *far = ahead_in_row(rows, rb, nr, r, done + far_bytes);
                 _mm_prefetch((const char *)near, _MM_HINT_T0);
@@ -140,13 +140,13 @@ FORCE_INLINE void float_row_group(int type, const uint8_t *rows, size_t rb, int 
      * prefetching them again would only cost the address arithmetic */
     int64_t t0 = 0;
     if (T >= F_TOKENS) {
-        float_tile(type, rows, rb, nr, x, ldx, F_TOKENS, n, y, ldy, 1, F_PREFETCH_BYTES, F_PREFETCH_L2_BYTES);
+        float_tile(type, rows, rb, nr, x, ldx, F_TOKENS, n, y, ldy, F_PREFETCH_BYTES, F_PREFETCH_L2_BYTES);
         t0 = F_TOKENS;
     }
     for (; t0 + F_TOKENS <= T; t0 += F_TOKENS)
-        float_tile(type, rows, rb, nr, x + t0 * ldx, ldx, F_TOKENS, n, y + t0 * ldy, ldy, 0, 0, 0);
+        float_tile(type, rows, rb, nr, x + t0 * ldx, ldx, F_TOKENS, n, y + t0 * ldy, ldy, 0, 0);
     if (T - t0 == 1)
-        float_tile(type, rows, rb, nr, x + t0 * ldx, ldx, 1, n, y + t0 * ldy, ldy, T == 1, F_PREFETCH_BYTES,
+        float_tile(type, rows, rb, nr, x + t0 * ldx, ldx, 1, n, y + t0 * ldy, ldy, T == 1 ? F_PREFETCH_BYTES : 0,
                    F_PREFETCH_L2_BYTES);
 }
 
@@ -157,7 +157,7 @@ FORCE_INLINE void matmul_typed(int type, const rwkvx_tensor *w, const float *x, 
     const uint8_t *data = w->data;
     if (n_tokens == 1 && n >= F_STREAM_MIN_INPUTS && n <= F_STREAM_MAX_INPUTS) {
         for (int64_t o = 0; o < w->n_rows; o++)
-            float_tile(type, data + o * rb, rb, 1, x, ldx, 1, n, y + o, ldy, 1, F_STREAM_PREFETCH_BYTES,
+            float_tile(type, data + o * rb, rb, 1, x, ldx, 1, n, y + o, ldy, F_STREAM_PREFETCH_BYTES,
                        F_STREAM_PREFETCH_L2_BYTES);
         return;
     }

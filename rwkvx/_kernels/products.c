@@ -84,7 +84,6 @@ void rwkvx_group_run(const rwkvx_model *m, rwkvx_product_group *g) {
         group_units(g, 0, units);
     for (int i = 0; i < g->n; i++)
         if (g->products[i].xq == &g->own[i]) rwkvx_q8_acts_free(&g->own[i]);
-    g->n = 0;
 }
 
 void rwkvx_product_then(const rwkvx_model *m, const rwkvx_tensor *w, const float *x, const rwkvx_q8_acts *xq,
