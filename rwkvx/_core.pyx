@@ -110,6 +110,7 @@ cdef extern from "kernels.h" nogil:
     ctypedef void (*rwkvx_matmul_q8_fn)(const rwkvx_tensor *w, const rwkvx_q8_acts *x, float *y, int64_t ldy)
     int rwkvx_type_is_quantized(int type)
     void rwkvx_pack_matrix(rwkvx_pool *pool, const void *src, int type, int64_t n_in, int64_t n_rows, void *dst)
+    void rwkvx_copy_bytes(rwkvx_pool *pool, const void *src, size_t n_bytes, void *dst)
     void rwkvx_matmul_via_q8(rwkvx_matmul_q8_fn fn, const rwkvx_tensor *w, const float *x, int64_t ldx,
                              int64_t n_tokens, float *y, int64_t ldy)
     ctypedef void (*rwkvx_matmul_fn)(const rwkvx_tensor *w, const float *x, int64_t ldx,
@@ -539,6 +540,17 @@ cdef class CoreModel:
         t.layout = RWKVX_LAYOUT_PACKED16
         self._keep[layer, slot] = packed
         return n_bytes
+
+    def copy_bytes(self, src, out):
+        """out[:] = src (uint8 buffers of one size), split over this model's threads."""
+        cdef const unsigned char[::1] sv = src
+        cdef unsigned char[::1] ov = out
+        if sv.shape[0] != ov.shape[0]:
+            raise ValueError(f"copy of {sv.shape[0]} bytes into {ov.shape[0]}")
+        if sv.shape[0] == 0:
+            return
+        with nogil:
+            rwkvx_copy_bytes(self.m.pool, &sv[0], <size_t>sv.shape[0], &ov[0])
 
     def is_packed(self, int layer, str slot):
         return self._slot(layer, slot).layout == RWKVX_LAYOUT_PACKED16

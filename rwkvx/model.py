@@ -94,12 +94,13 @@ class Model:
         return int(offsets[-1])
 
     def _move(self, layer: int, local: str, name: str, out: np.ndarray, release) -> None:
-        """Copy a matrix into out a slice at a time, each slice's file pages released once copied: the
-        head of a large model is hundreds of MB, which would otherwise sit in memory twice at once."""
+        """Copy a matrix into out a slice at a time (each split over the threads), each slice's file pages
+        released once copied: the head of a large model is hundreds of MB, which would otherwise sit in
+        memory twice at once."""
         info, raw = self.source.tensors[name], self.source.raw(name)
         for begin in range(0, raw.nbytes, MOVE_SLICE_BYTES):
             end = min(begin + MOVE_SLICE_BYTES, raw.nbytes)
-            out[begin:end] = raw[begin:end]
+            self._core.copy_bytes(raw[begin:end], out[begin:end])
             release(name, begin, end)
         self._core.set_tensor(layer, local, out, info.type.id, info.ne[0], info.n_elements // info.ne[0])
 

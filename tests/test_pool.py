@@ -1,9 +1,12 @@
 """The worker pool's runs: every item done exactly once, in ranges on the grain, whatever thread does
 which; balanced runs let a thread that finishes first take over the end of another's share."""
+import os
 import threading
 
+import numpy as np
 import pytest
 
+import rwkvx
 from rwkvx import _core
 
 
@@ -68,3 +71,18 @@ def test_many_short_runs_back_to_back(balanced, threads):
     assert not runner.is_alive(), "a run never finished: units were lost"
     for calls in result[0]:
         assert_tiles(calls, 64, 1)
+
+
+@pytest.mark.parametrize("threads", (1, 2, 3))
+@pytest.mark.parametrize("n_bytes", (1, 4095, 65535, 65536, 65537, 3 * 65536 + 5))
+def test_copies_split_over_the_pool_copy_every_byte(threads, n_bytes):
+    """CoreModel.copy_bytes (the load's copy of matrices that keep their layout) splits the bytes in
+    64 KiB items over the threads: every byte arrives, and none past the end is written."""
+    model = rwkvx.load(os.path.join(os.path.dirname(__file__), "data", "tiny", "tiny-rwkv-7v0-834K-FP32.bin"), threads=threads)
+    src = np.random.default_rng(n_bytes).integers(0, 256, n_bytes + 7, dtype=np.uint8)
+    out = np.zeros(n_bytes + 64, dtype=np.uint8)
+    model._core.copy_bytes(src[7:], out[:n_bytes])  # an unaligned source
+    assert np.array_equal(out[:n_bytes], src[7:])
+    assert not out[n_bytes:].any()
+    with pytest.raises(ValueError):
+        model._core.copy_bytes(src[:10], out[:11])

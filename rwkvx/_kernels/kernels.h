@@ -179,6 +179,9 @@ rwkvx_tensor rwkvx_tensor_rows(const rwkvx_tensor *w, int64_t begin, int64_t end
 /* Pack a whole matrix (packed.h: rwkvx_pack_groups), its groups split over pool's threads (pool may be NULL). */
 struct rwkvx_pool;
 void rwkvx_pack_matrix(struct rwkvx_pool *pool, const void *src, int type, int64_t n_in, int64_t n_rows, void *dst);
+/* memcpy of n_bytes split over the pool's threads (pool may be NULL), each thread's share of both
+ * buffers mapped in bulk first (the load's copy of the matrices that keep their layout). */
+void rwkvx_copy_bytes(struct rwkvx_pool *pool, const void *src, size_t n_bytes, void *dst);
 /* SIMD variants of rwkvx_matmul_ref (same contract; per output element the same
  * operations whatever n_tokens is, so sequence mode stays bit-identical). */
 void rwkvx_matmul_avx2(const rwkvx_tensor *w, const float *x, int64_t ldx,

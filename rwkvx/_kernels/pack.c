@@ -1,4 +1,5 @@
-/* Rewrites a quantized matrix from file layout into packed16 (packed.h).
+/* Rewrites a quantized matrix from file layout into packed16 (packed.h), and
+ * copies the matrices that keep their layout, both split over a pool's threads.
  *
  * Portable and bytewise: the packed codes and scales are the file's own bytes
  * moved (Q8_0 codes also made unsigned), so every kernel over the packed
@@ -150,4 +151,27 @@ static void pack_task(void *ctx, int64_t group_begin, int64_t group_end) {
 void rwkvx_pack_matrix(struct rwkvx_pool *pool, const void *src, int type, int64_t n_in, int64_t n_rows, void *dst) {
     pack_job job = {src, type, n_in, n_rows, dst};
     rwkvx_pool_run(pool, pack_task, &job, (n_rows + RWKVX_PACK_ROWS - 1) / RWKVX_PACK_ROWS, 1);
+}
+
+typedef struct copy_job {
+    const uint8_t *src;
+    uint8_t *dst;
+    size_t n;
+} copy_job;
+
+/* Bytes per item of a copy: the pool splits whole items, and a share's pages are populated at once. */
+#define COPY_ITEM_BYTES ((size_t)1 << 16)
+
+static void copy_task(void *ctx, int64_t item_begin, int64_t item_end) {
+    const copy_job *job = ctx;
+    const size_t begin = (size_t)item_begin * COPY_ITEM_BYTES;
+    const size_t end = (size_t)item_end * COPY_ITEM_BYTES < job->n ? (size_t)item_end * COPY_ITEM_BYTES : job->n;
+    populate(job->src + begin, end - begin, 0);
+    populate(job->dst + begin, end - begin, 1);
+    memcpy(job->dst + begin, job->src + begin, end - begin);
+}
+
+void rwkvx_copy_bytes(struct rwkvx_pool *pool, const void *src, size_t n_bytes, void *dst) {
+    copy_job job = {src, dst, n_bytes};
+    rwkvx_pool_run(pool, copy_task, &job, (int64_t)((n_bytes + COPY_ITEM_BYTES - 1) / COPY_ITEM_BYTES), 1);
 }
