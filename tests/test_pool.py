@@ -9,6 +9,8 @@ import pytest
 import rwkvx
 from rwkvx import _core
 
+TINY = os.path.join(os.path.dirname(__file__), "data", "tiny")
+
 
 def assert_tiles(calls, n_items, grain):
     """The calls' ranges cover [0, n_items) exactly once, each starting on a multiple of grain."""
@@ -78,7 +80,7 @@ def test_many_short_runs_back_to_back(balanced, threads):
 def test_copies_split_over_the_pool_copy_every_byte(threads, n_bytes):
     """CoreModel.copy_bytes (the load's copy of matrices that keep their layout) splits the bytes in
     64 KiB items over the threads: every byte arrives, and none past the end is written."""
-    model = rwkvx.load(os.path.join(os.path.dirname(__file__), "data", "tiny", "tiny-rwkv-7v0-834K-FP32.bin"), threads=threads)
+    model = rwkvx.load(os.path.join(TINY, "tiny-rwkv-7v0-834K-FP32.bin"), threads=threads)
     src = np.random.default_rng(n_bytes).integers(0, 256, n_bytes + 7, dtype=np.uint8)
     out = np.zeros(n_bytes + 64, dtype=np.uint8)
     model._core.copy_bytes(src[7:], out[:n_bytes])  # an unaligned source

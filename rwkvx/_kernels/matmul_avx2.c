@@ -118,6 +118,17 @@ FORCE_INLINE void dot_tile(int type, const uint8_t *rows, size_t rb, int nr, int
     for (int s = 0; s < nr * nt; s++) out[s] = reduce8(sums[s]);
 }
 
+/* One row against nt <= TOKEN_TILE tokens (dot_tile_lanes), the tile size made a constant so that the
+ * accumulators stay in registers; sums[t] for t >= nt are zero. */
+FORCE_INLINE void row_tokens_lanes(int type, const uint8_t *row, size_t rb, int64_t n, const float *x, int64_t ldx,
+                                   int nt, __m256 sums[TOKEN_TILE]) {
+    for (int t = 0; t < TOKEN_TILE; t++) sums[t] = _mm256_setzero_ps();
+    if (nt == 2)
+        dot_tile_lanes(type, row, rb, 1, n, x, ldx, 2, sums);
+    else
+        dot_tile_lanes(type, row, rb, 1, n, x, ldx, 1, sums);
+}
+
 /* y[t][o..o+8) for tokens [0, n_tokens): 8 rows against every token, a pair of tokens at a time, the
  * 8 rows' lanes of a token reduced together (reduce8x8) and stored as one vector. The 8 rows (12 KB
  * of F16 at 768 inputs) stay in L1 while the tokens pass; per output the same floats as dot_tile. */
@@ -128,11 +139,7 @@ FORCE_INLINE void band8_all_tokens(int type, const uint8_t *rows, size_t rb, int
         __m256 lanes[TOKEN_TILE][8];
         for (int r = 0; r < 8; r++) {
             __m256 sums[TOKEN_TILE];
-            for (int t = 0; t < TOKEN_TILE; t++) sums[t] = _mm256_setzero_ps(); /* a tile of 1 sets only sums[0] */
-            if (nt == 2) /* constant tile: accumulators in registers */
-                dot_tile_lanes(type, rows + r * rb, rb, 1, n, x + t0 * ldx, ldx, 2, sums);
-            else
-                dot_tile_lanes(type, rows + r * rb, rb, 1, n, x + t0 * ldx, ldx, 1, sums);
+            row_tokens_lanes(type, rows + r * rb, rb, n, x + t0 * ldx, ldx, nt, sums);
             for (int t = 0; t < nt; t++) lanes[t][r] = sums[t];
         }
         for (int t = 0; t < nt; t++) _mm256_storeu_ps(y + (t0 + t) * ldy, reduce8x8(lanes[t]));
@@ -164,14 +171,10 @@ FORCE_INLINE void matmul_typed(int type, const rwkvx_tensor *w, const float *x, 
     for (; o < w->n_rows; o++) {
         const uint8_t *row = data + (size_t)o * rb;
         for (int64_t t0 = 0; t0 < n_tokens; t0 += TOKEN_TILE) {
-            const float *xt = x + t0 * ldx;
-            float out[TOKEN_TILE];
             const int nt = n_tokens - t0 >= TOKEN_TILE ? TOKEN_TILE : (int)(n_tokens - t0);
-            if (nt == 2)
-                dot_tile(type, row, rb, 1, n, xt, ldx, 2, out); /* constant tile: accumulators in registers */
-            else
-                dot_tile(type, row, rb, 1, n, xt, ldx, 1, out);
-            for (int t = 0; t < nt; t++) y[(t0 + t) * ldy + o] = out[t];
+            __m256 sums[TOKEN_TILE];
+            row_tokens_lanes(type, row, rb, n, x + t0 * ldx, ldx, nt, sums);
+            for (int t = 0; t < nt; t++) y[(t0 + t) * ldy + o] = reduce8(sums[t]);
         }
     }
 }
