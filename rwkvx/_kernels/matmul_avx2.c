@@ -1,12 +1,12 @@
 /* AVX2 (+ FMA, F16C) matrix products for every weight type.
  *
- * F32/F16 (this part): same structure as matmul_avx512.c: each 32-weight block
- * is converted into four 8-float vectors, then multiplied into float32
- * activations. Quantized types: integer products, second half of this file. Four accumulators per token, a zero-padded partial block for
- * F32/F16 rows whose length is not a multiple of 32, one fixed reduction:
- * every output element is computed the same way whatever the token count.
- * Tiles of TOKEN_TILE tokens share each decoded block (16 ymm registers allow 2), or at one token
- * two rows of more than F2_PAIR_MIN_INPUTS inputs share each load of the activations.
+ * F32/F16 (this part): every output y[t][o] is one chain of FMAs over its row's 8-weight vectors in
+ * order (the last one zero-padded when the row's length is not a multiple of 8), whose 8 lanes are then
+ * summed as reduce8 sums them. A tile only decides which rows share each load of the activations and
+ * which tokens share each converted vector of weights, never an output's floats: one token at a time
+ * and many at once give the same results bit for bit. The FMA latency of a chain is hidden by the
+ * tile's other outputs: 4 rows at one token, 4 rows x 2 tokens at more.
+ * Quantized types: integer products, second half of this file.
  * All loads are unaligned (weights sit at arbitrary offsets in the mmap).
  */
 #include <immintrin.h>
@@ -14,8 +14,17 @@
 
 #include "kernels.h"
 
-#define TOKEN_TILE 2
 #define FORCE_INLINE static inline __attribute__((always_inline))
+
+#define TILE_ROWS 4
+#define TILE_TOKENS 2 /* 8 accumulators, the 4 rows' vectors and an activation vector: 13 of 16 ymm */
+
+/* At one token the 4 rows of a tile come from 4 quarters of the rows, each read front to back, when
+ * the rows are at least this many: 4 neighbouring rows read side by side are 4 streams a few hundred
+ * bytes apart, which the hardware prefetchers do not follow. On an AMD EPYC (Zen 3), 2 threads
+ * reading 200 MB in 16-byte loads, pass time against one front-to-back stream: 4 rows of 1536 bytes
+ * side by side 1.69x (1.31x with each row's next band prefetched), 4 quarters 0.89x. */
+#define QUARTERS_MIN_ROWS 64
 
 /* Bytes ahead of the float products' stream prefetched into L1 and into L2. Measured on an AMD EPYC
  * (Zen 3; 2 processes at once, each one thread over its own 100 MB F16 matrix of 768-weight rows,
@@ -29,18 +38,12 @@
 #define F2_PREFETCH_L2_BYTES 1024
 #endif
 
-FORCE_INLINE size_t block_bytes(int type) {
-    return type == RWKVX_TYPE_F32 ? 128 : type == RWKVX_TYPE_F16 ? 64 : rwkvx_row_bytes(type, RWKVX_QK);
-}
-
 FORCE_INLINE float load_half_f32(const uint8_t *p) { return _cvtsh_ss(rwkvx_load_half(p)); }
 
-/* Decode one F32/F16 block at p into w[0..3] (elements 0-7, 8-15, 16-23, 24-31). */
-FORCE_INLINE void decode_block(int type, const uint8_t *p, __m256 w[4]) {
-    if (type == RWKVX_TYPE_F32)
-        for (int k = 0; k < 4; k++) w[k] = _mm256_loadu_ps((const float *)p + 8 * k);
-    else
-        for (int k = 0; k < 4; k++) w[k] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16 * k)));
+/* Weights 8v .. 8v + 7 of an F32/F16 row, as floats. */
+FORCE_INLINE __m256 weight_vector(int type, const uint8_t *row, int64_t v) {
+    if (type == RWKVX_TYPE_F32) return _mm256_loadu_ps((const float *)row + 8 * v);
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + 16 * v)));
 }
 
 FORCE_INLINE float reduce8(__m256 v) {
@@ -64,117 +67,106 @@ FORCE_INLINE __m256 reduce8x8(const __m256 v[8]) {
                          _mm256_shuffle_ps(s2_01, s2_23, _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
-/* sums[r * nt + t]: the 8 lanes whose sum (reduce8) is row r . x[t], for nr rows (rb bytes apart) and nt
- * tokens (x rows ldx floats apart), nr * nt <= 2: two tokens share each decoded block, or at one token two
- * rows share each load of the activations. Every (row, token) gets the same operations in any tile. */
-FORCE_INLINE void dot_tile_lanes(int type, const uint8_t *rows, size_t rb, int nr, int64_t n, const float *x,
-                                 int64_t ldx, int nt, __m256 *sums) {
-    const size_t bb = block_bytes(type);
-    const int64_t n_blocks = n / RWKVX_QK;
-    __m256 acc[2][4];
-    for (int s = 0; s < nr * nt; s++)
-        for (int k = 0; k < 4; k++) acc[s][k] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < n_blocks; b++) {
-        for (int r = 0; r < nr; r++) {
-            const uint8_t *row = rows + r * rb;
-            /* the rows lie back to back: a row's stream is prefetched past its end into the next row */
-            for (size_t line = 0; line < bb; line += 64) {
-                _mm_prefetch((const char *)(row + b * bb + line + F2_PREFETCH_L1_BYTES), _MM_HINT_T0);
-                _mm_prefetch((const char *)(row + b * bb + line + F2_PREFETCH_L2_BYTES), _MM_HINT_T1);
+/* acc[t * nr + r]: the 8 lanes whose sum (reduce8) is row[r] . x[t], for nr rows of n inputs and nt
+ * tokens ldx floats apart, nr * nt <= 8. With `prefetch`, each row's stream is prefetched ahead once
+ * per 64-byte line (past a row's end: the next row, where rows lie back to back). */
+FORCE_INLINE void tile_lanes(int type, const uint8_t *const row[], int nr, int64_t n, const float *x, int64_t ldx,
+                             int nt, int prefetch, __m256 acc[8]) {
+    const int64_t n_vectors = n / 8, per_line = type == RWKVX_TYPE_F32 ? 2 : 4;
+    for (int s = 0; s < nr * nt; s++) acc[s] = _mm256_setzero_ps();
+    int64_t v = 0;
+    for (; v + per_line <= n_vectors; v += per_line) {
+        if (prefetch)
+            for (int r = 0; r < nr; r++) {
+                const char *line = (const char *)row[r] + v * (64 / per_line);
+                _mm_prefetch(line + F2_PREFETCH_L1_BYTES, _MM_HINT_T0);
+                _mm_prefetch(line + F2_PREFETCH_L2_BYTES, _MM_HINT_T1);
             }
-            __m256 w[4];
-            decode_block(type, row + b * bb, w);
+        for (int64_t u = v; u < v + per_line; u++) {
+            __m256 w[TILE_ROWS];
+            for (int r = 0; r < nr; r++) w[r] = weight_vector(type, row[r], u);
             for (int t = 0; t < nt; t++) {
-                const float *xt = x + t * ldx + b * RWKVX_QK;
-                for (int k = 0; k < 4; k++)
-                    acc[r * nt + t][k] = _mm256_fmadd_ps(w[k], _mm256_loadu_ps(xt + 8 * k), acc[r * nt + t][k]);
+                const __m256 xu = _mm256_loadu_ps(x + t * ldx + 8 * u);
+                for (int r = 0; r < nr; r++) acc[t * nr + r] = _mm256_fmadd_ps(w[r], xu, acc[t * nr + r]);
             }
         }
     }
-    /* F32/F16 rows may end in a partial block: decode it from a zero-padded copy. */
-    const int64_t rest = (type == RWKVX_TYPE_F32 || type == RWKVX_TYPE_F16) ? n - n_blocks * RWKVX_QK : 0;
-    if (rest > 0)
+    for (; v < n_vectors; v++)
         for (int r = 0; r < nr; r++) {
-            uint8_t padded[128] = {0};
-            memcpy(padded, rows + r * rb + n_blocks * bb, (size_t)rest * (type == RWKVX_TYPE_F32 ? 4 : 2));
-            __m256 w[4];
-            decode_block(type, padded, w);
+            const __m256 wv = weight_vector(type, row[r], v);
+            for (int t = 0; t < nt; t++)
+                acc[t * nr + r] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + t * ldx + 8 * v), acc[t * nr + r]);
+        }
+    const int64_t rest = n - 8 * n_vectors;
+    if (rest > 0) {
+        /* the last rest weights of each row and activations of each token, zero-padded to a vector */
+        const size_t weight_size = type == RWKVX_TYPE_F32 ? 4 : 2;
+        for (int r = 0; r < nr; r++) {
+            uint8_t wpad[32] = {0};
+            memcpy(wpad, row[r] + (size_t)n_vectors * 8 * weight_size, (size_t)rest * weight_size);
+            const __m256 wv = weight_vector(type, wpad, 0);
             for (int t = 0; t < nt; t++) {
-                float xpad[RWKVX_QK] = {0};
-                memcpy(xpad, x + t * ldx + n_blocks * RWKVX_QK, (size_t)rest * sizeof(float));
-                for (int k = 0; k < 4; k++)
-                    acc[r * nt + t][k] = _mm256_fmadd_ps(w[k], _mm256_loadu_ps(xpad + 8 * k), acc[r * nt + t][k]);
+                float xpad[8] = {0};
+                memcpy(xpad, x + t * ldx + 8 * n_vectors, (size_t)rest * sizeof(float));
+                acc[t * nr + r] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xpad), acc[t * nr + r]);
             }
         }
-    for (int s = 0; s < nr * nt; s++)
-        sums[s] = _mm256_add_ps(_mm256_add_ps(acc[s][0], acc[s][2]), _mm256_add_ps(acc[s][1], acc[s][3]));
-}
-
-/* out[r * nt + t] = row r . x[t] (dot_tile_lanes, reduced). */
-FORCE_INLINE void dot_tile(int type, const uint8_t *rows, size_t rb, int nr, int64_t n, const float *x, int64_t ldx,
-                           int nt, float *out) {
-    __m256 sums[2];
-    dot_tile_lanes(type, rows, rb, nr, n, x, ldx, nt, sums);
-    for (int s = 0; s < nr * nt; s++) out[s] = reduce8(sums[s]);
-}
-
-/* One row against nt <= TOKEN_TILE tokens (dot_tile_lanes), the tile size made a constant so that the
- * accumulators stay in registers; sums[t] for t >= nt are zero. */
-FORCE_INLINE void row_tokens_lanes(int type, const uint8_t *row, size_t rb, int64_t n, const float *x, int64_t ldx,
-                                   int nt, __m256 sums[TOKEN_TILE]) {
-    for (int t = 0; t < TOKEN_TILE; t++) sums[t] = _mm256_setzero_ps();
-    if (nt == 2)
-        dot_tile_lanes(type, row, rb, 1, n, x, ldx, 2, sums);
-    else
-        dot_tile_lanes(type, row, rb, 1, n, x, ldx, 1, sums);
-}
-
-/* y[t][o..o+8) for tokens [0, n_tokens): 8 rows against every token, a pair of tokens at a time, the
- * 8 rows' lanes of a token reduced together (reduce8x8) and stored as one vector. The 8 rows (12 KB
- * of F16 at 768 inputs) stay in L1 while the tokens pass; per output the same floats as dot_tile. */
-FORCE_INLINE void band8_all_tokens(int type, const uint8_t *rows, size_t rb, int64_t n, const float *x, int64_t ldx,
-                                   int64_t n_tokens, float *y, int64_t ldy) {
-    for (int64_t t0 = 0; t0 < n_tokens; t0 += TOKEN_TILE) {
-        const int nt = n_tokens - t0 >= TOKEN_TILE ? TOKEN_TILE : (int)(n_tokens - t0);
-        __m256 lanes[TOKEN_TILE][8];
-        for (int r = 0; r < 8; r++) {
-            __m256 sums[TOKEN_TILE];
-            row_tokens_lanes(type, rows + r * rb, rb, n, x + t0 * ldx, ldx, nt, sums);
-            for (int t = 0; t < nt; t++) lanes[t][r] = sums[t];
-        }
-        for (int t = 0; t < nt; t++) _mm256_storeu_ps(y + (t0 + t) * ldy, reduce8x8(lanes[t]));
     }
 }
 
-/* At one token, rows longer than this many inputs are read two at a time, sharing each load of the
- * activations, which at 32 KB (v7 1.5B's FFN value rows: 8192 inputs) no longer stay in L1 beside the
- * stream of weights. On an AMD EPYC (Zen 4), product time over a plain read's of the same bytes, 2
- * threads, medians of 30 passes alternating with the reads: F16 8192 x 6144 1.61-2.34 one row at a
- * time, 1.33-1.43 two; but F16 3072 x 16384 1.17-1.32 one, 1.38-1.53 two. */
-#define F2_PAIR_MIN_INPUTS 4096
+/* y[o] for every row at one token: tiles of TILE_ROWS rows, each from its own quarter of the rows
+ * (front to back) when there are QUARTERS_MIN_ROWS or more, else neighbours; the rows left over one
+ * at a time. */
+FORCE_INLINE void one_token(int type, const uint8_t *data, size_t rb, int64_t n_rows, int64_t n, const float *x,
+                            float *y) {
+    const int64_t stride = n_rows >= QUARTERS_MIN_ROWS ? n_rows / TILE_ROWS : 1;
+    const int64_t tiles = n_rows >= QUARTERS_MIN_ROWS ? stride : n_rows / TILE_ROWS;
+    __m256 acc[8];
+    for (int64_t i = 0; i < tiles; i++) {
+        const int64_t first = stride == 1 ? TILE_ROWS * i : i;
+        const uint8_t *row[TILE_ROWS];
+        for (int r = 0; r < TILE_ROWS; r++) row[r] = data + (size_t)(first + r * stride) * rb;
+        tile_lanes(type, row, TILE_ROWS, n, x, 0, 1, 1, acc);
+        for (int r = 0; r < TILE_ROWS; r++) y[first + r * stride] = reduce8(acc[r]);
+    }
+    for (int64_t o = TILE_ROWS * tiles; o < n_rows; o++) {
+        const uint8_t *row[1] = {data + (size_t)o * rb};
+        tile_lanes(type, row, 1, n, x, 0, 1, 1, acc);
+        y[o] = reduce8(acc[0]);
+    }
+}
 
 FORCE_INLINE void matmul_typed(int type, const rwkvx_tensor *w, const float *x, int64_t ldx, int64_t n_tokens,
                                float *y, int64_t ldy) {
     const int64_t n = w->n_in;
     const size_t rb = rwkvx_row_bytes(type, (size_t)n);
     const uint8_t *data = w->data;
-    int64_t o = 0;
-    if (n_tokens == 1 && n > F2_PAIR_MIN_INPUTS)
-        for (; o + 2 <= w->n_rows; o += 2) {
-            float out[2];
-            dot_tile(type, data + (size_t)o * rb, rb, 2, n, x, ldx, 1, out);
-            y[o] = out[0];
-            y[o + 1] = out[1];
-        }
-    if (n_tokens > 1)
-        for (; o + 8 <= w->n_rows; o += 8) band8_all_tokens(type, data + (size_t)o * rb, rb, n, x, ldx, n_tokens, y + o, ldy);
-    for (; o < w->n_rows; o++) {
-        const uint8_t *row = data + (size_t)o * rb;
-        for (int64_t t0 = 0; t0 < n_tokens; t0 += TOKEN_TILE) {
-            const int nt = n_tokens - t0 >= TOKEN_TILE ? TOKEN_TILE : (int)(n_tokens - t0);
-            __m256 sums[TOKEN_TILE];
-            row_tokens_lanes(type, row, rb, n, x + t0 * ldx, ldx, nt, sums);
-            for (int t = 0; t < nt; t++) y[(t0 + t) * ldy + o] = reduce8(sums[t]);
+    if (n_tokens == 1) {
+        one_token(type, data, rb, w->n_rows, n, x, y);
+        return;
+    }
+    /* a band of TILE_ROWS rows (6 KB of F16 at 768 inputs) stays in L1 while every token passes over
+     * it, TILE_TOKENS at a time; the rows and tokens left over, one output at a time */
+    __m256 acc[8];
+    float sums[8];
+    for (int64_t o = 0; o < w->n_rows; o += TILE_ROWS) {
+        const int nr = w->n_rows - o >= TILE_ROWS ? TILE_ROWS : (int)(w->n_rows - o);
+        const uint8_t *row[TILE_ROWS];
+        for (int r = 0; r < nr; r++) row[r] = data + (size_t)(o + r) * rb;
+        for (int64_t t0 = 0; t0 < n_tokens; t0 += TILE_TOKENS) {
+            const int nt = n_tokens - t0 >= TILE_TOKENS ? TILE_TOKENS : (int)(n_tokens - t0);
+            const int prefetch = t0 == 0;
+            if (nr == TILE_ROWS && nt == TILE_TOKENS) {
+                tile_lanes(type, row, TILE_ROWS, n, x + t0 * ldx, ldx, TILE_TOKENS, prefetch, acc);
+                _mm256_storeu_ps(sums, reduce8x8(acc)); /* [token t0's 4 rows | token t0 + 1's] */
+                for (int t = 0; t < TILE_TOKENS; t++) memcpy(y + (t0 + t) * ldy + o, sums + TILE_ROWS * t, sizeof(float) * TILE_ROWS);
+            } else {
+                for (int t = 0; t < nt; t++)
+                    for (int r = 0; r < nr; r++) {
+                        tile_lanes(type, &row[r], 1, n, x + (t0 + t) * ldx, ldx, 1, prefetch, acc);
+                        y[(t0 + t) * ldy + o + r] = reduce8(acc[0]);
+                    }
+            }
         }
     }
 }
