@@ -3,14 +3,14 @@
  * usage: kernel_vs_read LEVEL TYPE N_IN N_ROWS PASSES COPIES
  *   LEVEL avx2 | avx512; TYPE a ggml type id (0 F32, 1 F16, 2 Q4_0, 3 Q4_1, 7 Q5_0, 8 Q5_1, 9 Q8_0;
  *   quantized matrices are packed as rwkvx.load packs them); COPIES: pass k uses copy k mod COPIES of
- *   the matrix and each of its two reads a copy of the read buffer of its own (2 COPIES of those), so that with enough copies every pass reads memory the caches
+ *   the matrix and each of its reads a copy of the read buffer of its own (READS * COPIES of those), so that with enough copies every pass reads memory the caches
  *   no longer hold, as decoding reads each matrix once per token (1: the same bytes every pass, in
  *   the caches when they fit)
  *
  * Two threads, each its half of the rows, one token: what decoding does with every matrix. Each pass
- * times the product, then a plain read and a prefetching read of a buffer as large as the matrix
- * (rwkvx_read_stream), so that the three share the machine's moment; a pass's ratio is the product's
- * time over the faster read's. Prints one line: TYPE N_IN N_ROWS BYTES, the median, first and third
+ * times the product, then reads of a buffer as large as the matrix (rwkvx_read_stream): a plain one, a
+ * prefetching one, and one of 4 parts side by side, so that all share the machine's moment; a pass's
+ * ratio is the product's time over the fastest read's. Prints one line: TYPE N_IN N_ROWS BYTES, the median, first and third
  * quartile of the ratios, and the median GB/s of the product (the first pass dropped). Built and run
  * by kernel_vs_read.py.
  */
@@ -27,7 +27,8 @@
 #include "packed.h"
 
 #define MAX_PASSES 1000
-#define TIMED_WAYS 3 /* the product, a plain read, a read with the products' prefetch distances */
+#define READS 3 /* a plain read, one with the products' prefetch distances, one of 4 parts side by side */
+#define TIMED_WAYS (1 + READS) /* the product, then the reads */
 
 typedef void (*float_product)(const rwkvx_tensor *, const float *, int64_t, int64_t, float *, int64_t);
 typedef void (*packed_product)(const rwkvx_tensor *, const rwkvx_q8_acts *, float *, int64_t);
@@ -40,8 +41,8 @@ static struct {
     rwkvx_q8_acts xq;
     float *y;
     const uint8_t *weights;     /* copy k at weights + k * copy_stride */
-    /* 2 * copies copies: the two reads of a pass never read the same bytes, or the second would find the
-     * first's in the last-level cache whenever they fit there */
+    /* READS * copies copies: the reads of a pass never read the same bytes, or a later one would find an
+     * earlier one's in the last-level cache whenever they fit there */
     const uint8_t *read_buffer;
     size_t bytes, copy_stride;
     int passes, copies;
@@ -79,7 +80,7 @@ static void *thread_main(void *arg) {
             rwkvx_tensor w = run.w;
             w.data = run.weights + (size_t)(pass % run.copies) * run.copy_stride;
             const rwkvx_tensor share = rwkvx_tensor_rows(&w, begin, end);
-            const size_t read_copy = (size_t)((2 * pass + way - 1) % (2 * run.copies));
+            const size_t read_copy = (size_t)((READS * pass + way - 1) % (READS * run.copies));
             const uint8_t *read_part = run.read_buffer + read_copy * run.copy_stride + (size_t)id * read_bytes;
             barrier(&my_phase);
             const double start = now();
@@ -88,7 +89,7 @@ static void *thread_main(void *arg) {
             else if (way == 0)
                 run.float_fn(&share, run.x, run.w.n_in, 1, run.y + begin, run.w.n_rows);
             else
-                run.sink += rwkvx_read_stream(read_part, read_bytes, way == 1 ? 0 : 2048, way == 1 ? 0 : 4096);
+                run.sink += rwkvx_read_stream(read_part, read_bytes, way == 2 ? 2048 : 0, way == 2 ? 4096 : 0, way == 3 ? 4 : 1);
             barrier(&my_phase);
             if (id == 0) run.seconds[way][pass] = now() - start;
         }
@@ -179,8 +180,8 @@ int main(int argc, char **argv) {
     }
     run.weights = copies;
     run.y = huge_zeroed((size_t)n_rows * sizeof(float));
-    uint8_t *read_buffer = huge_zeroed(2 * run.copy_stride * (size_t)run.copies);
-    memset(read_buffer, 1, 2 * run.copy_stride * (size_t)run.copies);
+    uint8_t *read_buffer = huge_zeroed(READS * run.copy_stride * (size_t)run.copies);
+    memset(read_buffer, 1, READS * run.copy_stride * (size_t)run.copies);
     run.read_buffer = read_buffer;
 
     pthread_t other;
@@ -191,7 +192,9 @@ int main(int argc, char **argv) {
     double ratio[MAX_PASSES], gbs[MAX_PASSES];
     int n = 0;
     for (int pass = 1; pass < run.passes; pass++, n++) { /* the first pass only warms up */
-        const double read = run.seconds[1][pass] < run.seconds[2][pass] ? run.seconds[1][pass] : run.seconds[2][pass];
+        double read = run.seconds[1][pass];
+        for (int way = 2; way < TIMED_WAYS; way++)
+            if (run.seconds[way][pass] < read) read = run.seconds[way][pass];
         ratio[n] = run.seconds[0][pass] / read;
         gbs[n] = (double)run.bytes / run.seconds[0][pass] / 1e9;
     }

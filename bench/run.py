@@ -47,10 +47,12 @@ BANDWIDTH_BUFFER_MAX_BYTES = 1 << 30  # beyond it, only DRAM bandwidth is measur
 PROBE_PASS_BYTES = 1 << 30  # bytes streamed per timed probe pass (the buffer, again and again)
 PREFILL_LENGTHS = (128, 512)
 PREFILL_MIN_SECONDS = 1.5  # of prefill calls per length, at least (see time_prefill)
-# How the probe reads, taken in turn and the best kept: (bytes ahead prefetched into L1, into L2), 0 for not.
-# A plain read, the products' own distances, and longer ones: on this machine a plain read has read 21-23
-# GB/s while the same buffer read with prefetches read 26-29, and a bound from the weaker reader flatters.
-PROBE_PREFETCHES = ((0, 0), (2048, 4096), (4096, 8192))
+# How the probe reads, taken in turn and the best kept: (bytes ahead prefetched into L1, into L2, 0 for
+# not; parts of each thread's slice read side by side). A plain read, the products' own distances, longer
+# ones, and 4 parts at once as the AVX2 float products read a matrix: on one machine a plain read has read
+# 21-23 GB/s while the same buffer read with prefetches read 26-29, on another (AMD EPYC, Zen 3) 4 parts
+# side by side read faster than one stream; a bound from a weaker reader than the products flatters.
+PROBE_WAYS = ((0, 0, 1), (2048, 4096, 1), (4096, 8192, 1), (0, 0, 4), (256, 1024, 4))
 PROBE_TURNS = 3  # bandwidth probes taken in turn with decoding, in the model's own process
 WARMUP_TOKENS = 3
 DECODE_WINDOWS = 4
@@ -72,15 +74,15 @@ class ReadProbe:
         # each thread streams its slice several times per timed pass, so that starting and joining the
         # threads (a fraction of a millisecond) stays far below 1% of what is timed even for small models
         self.sweeps = max(1, -(-PROBE_PASS_BYTES // self.pass_bytes_per_sweep))
-        self.one_pass(PROBE_PREFETCHES[0])  # brings the buffer to the state decoding sees
+        self.one_pass(PROBE_WAYS[0])  # brings the buffer to the state decoding sees
 
-    def one_pass(self, prefetch) -> float:
+    def one_pass(self, way) -> float:
         """Seconds of one timed pass (every thread its slice, `sweeps` times)."""
         from rwkvx import _core
 
         def stream(part):
             for _ in range(self.sweeps):
-                _core.read_bytes(part, *prefetch)
+                _core.read_bytes(part, *way)
 
         workers = [threading.Thread(target=stream, args=(s,)) for s in self.slices]
         start = time.perf_counter()
@@ -92,23 +94,23 @@ class ReadProbe:
 
     def best(self, repeats: int = 8, min_seconds: float = 0.25) -> float:
         """Best GB/s of single passes: at least `repeats` passes of each way of reading
-        (PROBE_PREFETCHES) and min_seconds of them (a small model's pass takes milliseconds, and one
+        (PROBE_WAYS) and min_seconds of them (a small model's pass takes milliseconds, and one
         busy moment of the machine must not pass for its bandwidth)."""
         best, attempt, began = 0.0, 0, time.perf_counter()
-        while attempt < repeats * len(PROBE_PREFETCHES) or time.perf_counter() - began < min_seconds:
-            seconds = self.one_pass(PROBE_PREFETCHES[attempt % len(PROBE_PREFETCHES)])
+        while attempt < repeats * len(PROBE_WAYS) or time.perf_counter() - began < min_seconds:
+            seconds = self.one_pass(PROBE_WAYS[attempt % len(PROBE_WAYS)])
             best = max(best, self.sweeps * self.pass_bytes_per_sweep / seconds / 1e9)
             attempt += 1
         return best
 
     def window(self, seconds: float) -> float:
-        """GB/s over passes for about `seconds`, the ways of reading (PROBE_PREFETCHES) taken in turn
+        """GB/s over passes for about `seconds`, the ways of reading (PROBE_WAYS) taken in turn
         pass by pass: the best way's total bytes over its total time."""
-        elapsed = [0.0] * len(PROBE_PREFETCHES)
-        passes = [0] * len(PROBE_PREFETCHES)
+        elapsed = [0.0] * len(PROBE_WAYS)
+        passes = [0] * len(PROBE_WAYS)
         while sum(elapsed) < seconds or min(passes) == 0:
-            way = sum(passes) % len(PROBE_PREFETCHES)
-            elapsed[way] += self.one_pass(PROBE_PREFETCHES[way])
+            way = sum(passes) % len(PROBE_WAYS)
+            elapsed[way] += self.one_pass(PROBE_WAYS[way])
             passes[way] += 1
         return max(n * self.sweeps * self.pass_bytes_per_sweep / t / 1e9 for n, t in zip(passes, elapsed))
 

@@ -284,7 +284,12 @@ def test_bandwidth_probe_reads_every_word():
     with or without its prefetches (which reach past the buffer's end here)."""
     words = np.random.default_rng(5).integers(0, 2**63, size=1000 + 7, dtype=np.uint64)
     expected = int(np.bitwise_xor.reduce(words))
+    last = int(words[-1])  # cut to 5 bytes below: the partial word zero-padded
     assert _core.read_bytes(words.view(np.uint8)) == expected
     assert _core.read_bytes(words.view(np.uint8), 2048, 4096) == expected
-    last = int(words[-1])  # cut to 5 bytes: the partial word zero-padded
+    for streams in (2, 4, 8):  # 1007 words: parts of 62, 31, 15 lines and words left after them
+        assert _core.read_bytes(words.view(np.uint8), 0, 0, streams) == expected
+        assert _core.read_bytes(words.view(np.uint8)[:-3], 256, 1024, streams) == expected ^ last ^ (last & (2**40 - 1))
+    with pytest.raises(ValueError, match="streams"):
+        _core.read_bytes(words.view(np.uint8), 0, 0, 3)
     assert _core.read_bytes(words.view(np.uint8)[:-3], 64, 0) == expected ^ last ^ (last & (2**40 - 1))
