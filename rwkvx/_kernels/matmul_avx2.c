@@ -21,9 +21,11 @@
 
 /* At one token the 4 rows of a tile come from 4 quarters of the rows, each read front to back, when
  * the rows are at least this many: 4 neighbouring rows read side by side are 4 streams a few hundred
- * bytes apart, which the hardware prefetchers do not follow. On an AMD EPYC (Zen 3), 2 threads
- * reading 200 MB in 16-byte loads, pass time against one front-to-back stream: 4 rows of 1536 bytes
- * side by side 1.69x (1.31x with each row's next band prefetched), 4 quarters 0.89x. */
+ * bytes apart, which the hardware prefetchers do not follow. On an AMD EPYC (Zen 3), 2 threads: a
+ * C read of 200 MB in 16-byte loads took 1.69x one front-to-back stream's time as 4 rows of 1536
+ * bytes side by side (1.31x with each row's next band prefetched), 0.89x as 4 quarters; and
+ * bench/kernel_vs_read.py's F16 768 x 65536 product against a one-stream read, 3 alternating
+ * rounds: 1.24-1.28 with neighbouring rows, 0.89-0.92 with quarters, 1.06-1.10 one row at a time. */
 #define QUARTERS_MIN_ROWS 64
 
 /* Bytes ahead of the float products' stream prefetched into L1 and into L2. Measured on an AMD EPYC
