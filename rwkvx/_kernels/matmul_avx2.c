@@ -28,16 +28,18 @@
  * rounds: 1.24-1.28 with neighbouring rows, 0.89-0.92 with quarters, 1.06-1.10 one row at a time. */
 #define QUARTERS_MIN_ROWS 64
 
-/* Bytes ahead of the float products' stream prefetched into L1 and into L2. Measured on an AMD EPYC
- * (Zen 3; 2 processes at once, each one thread over its own 100 MB F16 matrix of 768-weight rows,
- * GB/s summed over 3 rounds): 1024/4096 (the AVX-512 kernels' distances) 24.7-27.5, 2048/4096
- * 23.7-27.4, none 26.8-28.1, 128/512 28.8-32.1, 256/1024 27.4-34.6, 320/1024 29.5-36.5: that
- * machine's own prefetchers follow the stream, and far prefetches only compete with them. */
+/* Bytes ahead of each row's stream prefetched into L1 and into L2. Measured on an AMD EPYC (Zen 3),
+ * bench/kernel_vs_read.py (product time over the fastest read's, 2 threads, one token), 3 alternating
+ * rounds, F16 768 x 65536 / F16 2048 x 24576 / FP32 768 x 32768: 128/512 0.96-1.00 / 0.95-1.00 /
+ * 0.92-1.01, 64/256 0.97-1.04 / 0.99-1.03 / 0.99-1.00, 256/1024 1.02-1.07 / 1.02-1.06 / 1.02-1.16,
+ * 512/2048 1.10-1.18 and 1024/4096 1.11-1.40 (all three), none 0.95-1.03 / 0.97-1.00 / 0.87-0.94.
+ * With 4 rows' streams the machine's own prefetchers do most of it; near prefetches are kept for
+ * machines of longer latency that run this level. */
 #ifndef F2_PREFETCH_L1_BYTES
-#define F2_PREFETCH_L1_BYTES 256
+#define F2_PREFETCH_L1_BYTES 128
 #endif
 #ifndef F2_PREFETCH_L2_BYTES
-#define F2_PREFETCH_L2_BYTES 1024
+#define F2_PREFETCH_L2_BYTES 512
 #endif
 
 FORCE_INLINE float load_half_f32(const uint8_t *p) { return _cvtsh_ss(rwkvx_load_half(p)); }
