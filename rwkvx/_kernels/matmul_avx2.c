@@ -71,6 +71,17 @@ FORCE_INLINE __m256 reduce8x8(const __m256 v[8]) {
                          _mm256_shuffle_ps(s2_01, s2_23, _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
+/* acc[t * nr + r] += row[r]'s vector v times token t's (the one step of every output's chain). */
+FORCE_INLINE void vector_step(int type, const uint8_t *const row[], int nr, int64_t v, const float *x, int64_t ldx,
+                              int nt, __m256 acc[8]) {
+    __m256 w[TILE_ROWS];
+    for (int r = 0; r < nr; r++) w[r] = weight_vector(type, row[r], v);
+    for (int t = 0; t < nt; t++) {
+        const __m256 xv = _mm256_loadu_ps(x + t * ldx + 8 * v);
+        for (int r = 0; r < nr; r++) acc[t * nr + r] = _mm256_fmadd_ps(w[r], xv, acc[t * nr + r]);
+    }
+}
+
 /* acc[t * nr + r]: the 8 lanes whose sum (reduce8) is row[r] . x[t], for nr rows of n inputs and nt
  * tokens ldx floats apart, nr * nt <= 8. With `prefetch`, each row's stream is prefetched ahead once
  * per 64-byte line (past a row's end: the next row, where rows lie back to back). */
@@ -79,28 +90,16 @@ FORCE_INLINE void tile_lanes(int type, const uint8_t *const row[], int nr, int64
     const int64_t n_vectors = n / 8, per_line = type == RWKVX_TYPE_F32 ? 2 : 4;
     for (int s = 0; s < nr * nt; s++) acc[s] = _mm256_setzero_ps();
     int64_t v = 0;
-    for (; v + per_line <= n_vectors; v += per_line) {
+    for (; v + per_line <= n_vectors; v += per_line) { /* a 64-byte line of each row at a time */
         if (prefetch)
             for (int r = 0; r < nr; r++) {
                 const char *line = (const char *)row[r] + v * (64 / per_line);
                 _mm_prefetch(line + F2_PREFETCH_L1_BYTES, _MM_HINT_T0);
                 _mm_prefetch(line + F2_PREFETCH_L2_BYTES, _MM_HINT_T1);
             }
-        for (int64_t u = v; u < v + per_line; u++) {
-            __m256 w[TILE_ROWS];
-            for (int r = 0; r < nr; r++) w[r] = weight_vector(type, row[r], u);
-            for (int t = 0; t < nt; t++) {
-                const __m256 xu = _mm256_loadu_ps(x + t * ldx + 8 * u);
-                for (int r = 0; r < nr; r++) acc[t * nr + r] = _mm256_fmadd_ps(w[r], xu, acc[t * nr + r]);
-            }
-        }
+        for (int64_t u = v; u < v + per_line; u++) vector_step(type, row, nr, u, x, ldx, nt, acc);
     }
-    for (; v < n_vectors; v++)
-        for (int r = 0; r < nr; r++) {
-            const __m256 wv = weight_vector(type, row[r], v);
-            for (int t = 0; t < nt; t++)
-                acc[t * nr + r] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + t * ldx + 8 * v), acc[t * nr + r]);
-        }
+    for (; v < n_vectors; v++) vector_step(type, row, nr, v, x, ldx, nt, acc);
     const int64_t rest = n - 8 * n_vectors;
     if (rest > 0) {
         /* the last rest weights of each row and activations of each token, zero-padded to a vector */
@@ -123,11 +122,11 @@ FORCE_INLINE void tile_lanes(int type, const uint8_t *const row[], int nr, int64
  * at a time. */
 FORCE_INLINE void one_token(int type, const uint8_t *data, size_t rb, int64_t n_rows, int64_t n, const float *x,
                             float *y) {
-    const int64_t stride = n_rows >= QUARTERS_MIN_ROWS ? n_rows / TILE_ROWS : 1;
-    const int64_t tiles = n_rows >= QUARTERS_MIN_ROWS ? stride : n_rows / TILE_ROWS;
+    const int quarters = n_rows >= QUARTERS_MIN_ROWS;
+    const int64_t tiles = n_rows / TILE_ROWS, stride = quarters ? tiles : 1; /* rows apart within a tile */
     __m256 acc[8];
     for (int64_t i = 0; i < tiles; i++) {
-        const int64_t first = stride == 1 ? TILE_ROWS * i : i;
+        const int64_t first = quarters ? i : TILE_ROWS * i;
         const uint8_t *row[TILE_ROWS];
         for (int r = 0; r < TILE_ROWS; r++) row[r] = data + (size_t)(first + r * stride) * rb;
         tile_lanes(type, row, TILE_ROWS, n, x, 0, 1, 1, acc);
