@@ -163,7 +163,7 @@ int main(int argc, char **argv) {
     run.x = x;
     if (quantized) {
         run.bytes = rwkvx_packed_bytes(type, n_in, n_rows);
-        run.w.layout = RWKVX_LAYOUT_PACKED16;
+        run.w.layout = avx512 ? RWKVX_LAYOUT_PACKED16 : RWKVX_LAYOUT_PACKED16_PLANES; /* what each level packs into */
         if (rwkvx_q8_acts_quantize(&run.xq, type, x, n_in, 1, n_in, rwkvx_q8_acts_want_lanes(&run.w)) != RWKVX_OK)
             return 1;
         run.packed_fn = avx512 ? rwkvx_matmul_q8_packed_avx512 : rwkvx_matmul_q8_packed_avx2;
@@ -174,7 +174,7 @@ int main(int argc, char **argv) {
     for (int k = 0; k < run.copies; k++) {
         uint8_t *copy = copies + (size_t)k * run.copy_stride;
         if (quantized)
-            rwkvx_pack_matrix(NULL, weights, type, n_in, n_rows, copy);
+            rwkvx_pack_matrix(NULL, weights, type, n_in, n_rows, run.w.layout, copy);
         else
             memcpy(copy, weights, run.bytes);
     }

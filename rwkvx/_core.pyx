@@ -101,6 +101,8 @@ cdef extern from "exp_poly.h" nogil:
 cdef extern from "packed.h" nogil:
     enum: RWKVX_LAYOUT_ROWS
     enum: RWKVX_LAYOUT_PACKED16
+    enum: RWKVX_LAYOUT_PACKED16_PLANES
+    int rwkvx_layout_is_packed(int layout)
     size_t rwkvx_packed_bytes(int type, int64_t n_in, int64_t n_rows)
 
 cdef extern from "kernels.h" nogil:
@@ -109,7 +111,8 @@ cdef extern from "kernels.h" nogil:
         pass
     ctypedef void (*rwkvx_matmul_q8_fn)(const rwkvx_tensor *w, const rwkvx_q8_acts *x, float *y, int64_t ldy)
     int rwkvx_type_is_quantized(int type)
-    void rwkvx_pack_matrix(rwkvx_pool *pool, const void *src, int type, int64_t n_in, int64_t n_rows, void *dst)
+    void rwkvx_pack_matrix(rwkvx_pool *pool, const void *src, int type, int64_t n_in, int64_t n_rows, int layout,
+                           void *dst)
     void rwkvx_copy_bytes(rwkvx_pool *pool, const void *src, size_t n_bytes, void *dst)
     void rwkvx_matmul_via_q8(rwkvx_matmul_q8_fn fn, const rwkvx_tensor *w, const float *x, int64_t ldx,
                              int64_t n_tokens, float *y, int64_t ldy)
@@ -135,6 +138,7 @@ cdef extern from "kernels.h" nogil:
         rwkvx_matmul_fn matmul
         rwkvx_matmul_q8_fn matmul_q8_packed
         int prefers_packed
+        int packed_layout
         void (*wkv7_heads)(int64_t n_tokens, int64_t n_head, int64_t head_size, int64_t h_begin, int64_t h_end,
                            const float *r, const float *w, const float *k, const float *v, const float *a,
                            const float *b, float *state, float *y) nogil
@@ -275,31 +279,55 @@ def _aligned_empty(size_t n_bytes):
     return base[start : start + n_bytes]
 
 
-def pack_matrix(int type_id, raw, int n_in, int n_rows):
-    """The packed16 layout (rwkvx/_kernels/packed.h) of a quantized matrix in file layout, as a new
-    64-byte-aligned uint8 array (for tests; models pack through CoreModel.pack)."""
+# The packed layouts (rwkvx/_kernels/packed.h): Q5 types' fifth bits as row masks or as bit planes.
+PACKED16 = RWKVX_LAYOUT_PACKED16
+PACKED16_PLANES = RWKVX_LAYOUT_PACKED16_PLANES
+
+
+def packed_layout(str isa=None):
+    """The packed layout a model packs into at a level (None: the active one): the one its product reads."""
+    return (rwkvx_kernels if isa is None else _usable_table(isa)).packed_layout
+
+
+def _check_packed_layout(int layout):
+    if layout not in (PACKED16, PACKED16_PLANES):
+        raise ValueError(f"unknown packed layout {layout}")
+
+
+def pack_matrix(int type_id, raw, int n_in, int n_rows, layout=None):
+    """A quantized matrix in file layout rewritten into a packed layout (rwkvx/_kernels/packed.h; None:
+    the active level's), as a new 64-byte-aligned uint8 array (for tests; models pack through
+    CoreModel.pack)."""
     cdef const unsigned char[::1] view = raw
+    cdef int chosen = packed_layout() if layout is None else layout
+    _check_packed_layout(chosen)
     _check_matrix(type_id, view.shape[0], n_in, n_rows)
     if not rwkvx_type_is_quantized(type_id):
         raise ValueError("only quantized matrices have a packed layout")
     out = _aligned_empty(rwkvx_packed_bytes(type_id, n_in, n_rows))
     cdef unsigned char[::1] ov = out
     with nogil:
-        rwkvx_pack_matrix(NULL, &view[0], type_id, n_in, n_rows, &ov[0])
+        rwkvx_pack_matrix(NULL, &view[0], type_id, n_in, n_rows, chosen, &ov[0])
     return out
 
 
-def matmul_packed_with(str isa, int type_id, packed, int n_in, int n_rows, const float[:, ::1] x):
-    """y float32 [T, n_rows] = W x[t] with one level's product over a packed16 matrix (from
-    pack_matrix); x float32 [T, n_in]. Raises BackendError if the level is not usable here."""
+def matmul_packed_with(str isa, int type_id, packed, int n_in, int n_rows, const float[:, ::1] x, layout=None):
+    """y float32 [T, n_rows] = W x[t] with one level's product over a packed matrix (from pack_matrix, in
+    `layout`; None: the one the level packs into, the only one its SIMD product reads, while the scalar
+    level reads both); x float32 [T, n_in]. Raises BackendError if the level is not usable here."""
     cdef const rwkvx_kernel_table *table = _usable_table(isa)
+    cdef int chosen = table.packed_layout if layout is None else layout
+    _check_packed_layout(chosen)
+    # levels without a packed product of their own (scalar, neon) use the reference, which reads either layout
+    if chosen != table.packed_layout and table.matmul_q8_packed != rwkvx_kernel_table_for(b"scalar").matmul_q8_packed:
+        raise ValueError(f"the {isa} product reads only its own packed layout ({table.packed_layout})")
     cdef const unsigned char[::1] view = packed
     if not rwkvx_type_is_quantized(type_id) or n_in <= 0 or n_rows <= 0 or n_in % 32:
         raise ValueError("a packed matrix is quantized, with n_in a positive multiple of 32")
     if <size_t>view.shape[0] != rwkvx_packed_bytes(type_id, n_in, n_rows):
         raise ValueError(f"packed has {view.shape[0]} bytes, expected {rwkvx_packed_bytes(type_id, n_in, n_rows)}")
     _check_activations(x, n_in)
-    cdef rwkvx_tensor w = _tensor_over(view, type_id, n_in, n_rows, RWKVX_LAYOUT_PACKED16)
+    cdef rwkvx_tensor w = _tensor_over(view, type_id, n_in, n_rows, chosen)
     out = np.empty((x.shape[0], n_rows), dtype=np.float32)
     cdef float[:, ::1] ov = out
     cdef int64_t T = x.shape[0]
@@ -538,9 +566,9 @@ cdef class CoreModel:
         if <size_t>pv.shape[0] != n_bytes or (<size_t>&pv[0]) % 64 != 0:
             raise ValueError(f"out must be {n_bytes} bytes on a 64-byte boundary")
         with nogil:
-            rwkvx_pack_matrix(self.m.pool, t.data, t.type, t.n_in, t.n_rows, &pv[0])
+            rwkvx_pack_matrix(self.m.pool, t.data, t.type, t.n_in, t.n_rows, rwkvx_kernels.packed_layout, &pv[0])
         t.data = &pv[0]
-        t.layout = RWKVX_LAYOUT_PACKED16
+        t.layout = rwkvx_kernels.packed_layout
         self._keep[layer, slot] = packed
         return n_bytes
 
@@ -556,7 +584,7 @@ cdef class CoreModel:
             rwkvx_copy_bytes(self.m.pool, &sv[0], <size_t>sv.shape[0], &ov[0])
 
     def is_packed(self, int layer, str slot):
-        return self._slot(layer, slot).layout == RWKVX_LAYOUT_PACKED16
+        return bool(rwkvx_layout_is_packed(self._slot(layer, slot).layout))
 
     def missing_slots(self, int layer):
         """Names of the slots of a layer (-1: global) that were never set."""

@@ -26,6 +26,10 @@ EDGE_ROWS = (1, 2, 15, 16, 17, 31, 33, 100)
 EDGE_BLOCKS = (1, 2, 3, 5, 8)
 TOKEN_COUNTS = (1, 2, 3, 4, 5, 8, 9, 13)
 SIMD_LEVELS = ("avx2", "avx512")  # levels with a kernel of their own for the packed layout
+# The two arrangements of the Q5 types' fifth bits (packed.h), and the products that read each: the SIMD
+# levels their own, the scalar reference both.
+LAYOUTS = {"masks": _core.PACKED16, "planes": _core.PACKED16_PLANES}
+PRODUCTS = (("scalar", "masks"), ("scalar", "planes"), ("avx2", "planes"), ("avx512", "masks"))
 TINY = os.path.join(os.path.dirname(__file__), "data", "tiny")
 
 
@@ -45,9 +49,10 @@ def scalar_file_layout(type_name, raw, n_in, n_rows, x):
     return _core.matmul_with("scalar", ggml_type(type_name).id, raw, n_in, n_rows, x)
 
 
-def packed_product(isa, type_name, raw, n_in, n_rows, x):
+def packed_product(isa, layout, type_name, raw, n_in, n_rows, x):
     type_id = ggml_type(type_name).id
-    return _core.matmul_packed_with(isa, type_id, _core.pack_matrix(type_id, raw, n_in, n_rows), n_in, n_rows, x)
+    packed = _core.pack_matrix(type_id, raw, n_in, n_rows, LAYOUTS[layout])
+    return _core.matmul_packed_with(isa, type_id, packed, n_in, n_rows, x, LAYOUTS[layout])
 
 
 def assert_identical(actual, expected, what):
@@ -74,8 +79,8 @@ def test_packed_size_is_the_file_size_rounded_to_whole_groups(type_name):
 
 
 @pytest.mark.parametrize("type_name", QUANTIZED)
-@pytest.mark.parametrize("isa", ("scalar",) + SIMD_LEVELS)
-def test_packed_products_equal_the_scalar_reference_on_edge_sizes(isa, type_name):
+@pytest.mark.parametrize("isa,layout", PRODUCTS)
+def test_packed_products_equal_the_scalar_reference_on_edge_sizes(isa, layout, type_name):
     usable(isa)
     rng = np.random.default_rng(7)
     for n_rows in EDGE_ROWS:
@@ -83,47 +88,99 @@ def test_packed_products_equal_the_scalar_reference_on_edge_sizes(isa, type_name
             n_in = 32 * n_blocks
             raw = misaligned(random_weights(type_name, n_rows, n_in, rng), n_rows % 4)
             x = activations(rng, TOKEN_COUNTS[(n_rows + n_blocks) % len(TOKEN_COUNTS)], n_in)
-            assert_identical(packed_product(isa, type_name, raw, n_in, n_rows, x),
+            assert_identical(packed_product(isa, layout, type_name, raw, n_in, n_rows, x),
                              scalar_file_layout(type_name, raw, n_in, n_rows, x),
-                             f"{isa} {type_name} {n_rows}x{n_in}")
+                             f"{isa} {layout} {type_name} {n_rows}x{n_in}")
 
 
 @pytest.mark.parametrize("type_name", QUANTIZED)
-@pytest.mark.parametrize("isa", ("scalar",) + SIMD_LEVELS)
+@pytest.mark.parametrize("isa,layout", PRODUCTS)
 @pytest.mark.parametrize("n_tokens", TOKEN_COUNTS)
-def test_every_token_count_gives_the_reference_result(isa, type_name, n_tokens):
+def test_every_token_count_gives_the_reference_result(isa, layout, type_name, n_tokens):
     usable(isa)
     rng = np.random.default_rng(n_tokens)
     n_rows, n_in = 48, 256
     raw = random_weights(type_name, n_rows, n_in, rng)
     x = activations(rng, n_tokens, n_in, kind="edge")
-    assert_identical(packed_product(isa, type_name, raw, n_in, n_rows, x),
-                     scalar_file_layout(type_name, raw, n_in, n_rows, x), f"{isa} {type_name} T={n_tokens}")
+    assert_identical(packed_product(isa, layout, type_name, raw, n_in, n_rows, x),
+                     scalar_file_layout(type_name, raw, n_in, n_rows, x), f"{isa} {layout} {type_name} T={n_tokens}")
 
 
 @pytest.mark.parametrize("type_name", QUANTIZED)
-@pytest.mark.parametrize("isa", ("scalar",) + SIMD_LEVELS)
+@pytest.mark.parametrize("isa,layout", PRODUCTS)
 @pytest.mark.parametrize("pattern", (0, 1, 2))
-def test_extreme_codes_and_scales(isa, type_name, pattern):
+def test_extreme_codes_and_scales(isa, layout, type_name, pattern):
     usable(isa)
     rng = np.random.default_rng(pattern)
     n_rows, n_in = 33, 96
     raw = extreme_weights(type_name, n_rows, n_in, pattern)
     x = activations(rng, 3, n_in)
-    assert_identical(packed_product(isa, type_name, raw, n_in, n_rows, x),
-                     scalar_file_layout(type_name, raw, n_in, n_rows, x), f"{isa} {type_name} pattern {pattern}")
+    assert_identical(packed_product(isa, layout, type_name, raw, n_in, n_rows, x),
+                     scalar_file_layout(type_name, raw, n_in, n_rows, x), f"{isa} {layout} {type_name} pattern {pattern}")
 
 
 @pytest.mark.parametrize("type_name", QUANTIZED)
-@pytest.mark.parametrize("isa", SIMD_LEVELS)
-def test_real_shapes(isa, type_name):
+@pytest.mark.parametrize("isa,layout", [p for p in PRODUCTS if p[0] in SIMD_LEVELS])
+def test_real_shapes(isa, layout, type_name):
     usable(isa)
     rng = np.random.default_rng(3)
     for n_rows, n_in in ((768, 768), (3072, 768), (768, 3072)):
         raw = random_weights(type_name, n_rows, n_in, rng)
         x = activations(rng, 5, n_in)
-        assert_identical(packed_product(isa, type_name, raw, n_in, n_rows, x),
-                         scalar_file_layout(type_name, raw, n_in, n_rows, x), f"{isa} {type_name} {n_rows}x{n_in}")
+        assert_identical(packed_product(isa, layout, type_name, raw, n_in, n_rows, x),
+                         scalar_file_layout(type_name, raw, n_in, n_rows, x), f"{isa} {layout} {type_name} {n_rows}x{n_in}")
+
+
+def test_each_level_packs_into_the_layout_its_product_reads():
+    for isa, layout in PRODUCTS:
+        if isa in SIMD_LEVELS and isa in _core.supported_isas():
+            assert _core.packed_layout(isa) == LAYOUTS[layout], isa
+    assert _core.packed_layout("scalar") == _core.PACKED16
+
+
+@pytest.mark.parametrize("type_name", QUANTIZED)
+def test_the_layouts_differ_only_in_the_arrangement_of_the_fifth_bits(type_name):
+    """Same size, same scales and codes; for Q5 types the fifth bits' bytes differ (so the tests above
+    run the reference over both arrangements, not one twice)."""
+    type_id = ggml_type(type_name).id
+    n_rows, n_in = 33, 96
+    raw = random_weights(type_name, n_rows, n_in, np.random.default_rng(5))
+    masks, planes = (_core.pack_matrix(type_id, raw, n_in, n_rows, LAYOUTS[k]) for k in ("masks", "planes"))
+    assert masks.nbytes == planes.nbytes
+    differ = np.count_nonzero(masks != planes)
+    if type_name.startswith("Q5"):
+        fifth_bit_bytes = 64 * (n_in // 32) * -(-n_rows // PACK_ROWS)
+        assert 0 < differ <= fifth_bit_bytes
+    else:
+        assert differ == 0
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_a_flipped_fifth_bit_is_caught(layout):
+    """The reference reads the fifth bits of each arrangement: flipping any one changes the product."""
+    rng = np.random.default_rng(13)
+    type_id = ggml_type("Q5_1").id
+    raw = random_weights("Q5_1", 16, 32, rng)
+    x = activations(rng, 1, 32)
+    expected = scalar_file_layout("Q5_1", raw, 32, 16, x)
+    packed = _core.pack_matrix(type_id, raw, 32, 16, LAYOUTS[layout])
+    fifth_bits_offset = 2 * 2 * PACK_ROWS  # after the column's scales d and minima m
+    for byte in (0, 31, 63):
+        corrupted = packed.copy()
+        corrupted[fifth_bits_offset + byte] ^= 0x01
+        assert not np.array_equal(
+            _core.matmul_packed_with("scalar", type_id, corrupted, 32, 16, x, LAYOUTS[layout]), expected)
+
+
+def test_a_simd_product_refuses_a_layout_it_does_not_read():
+    isa = next((i for i in SIMD_LEVELS if i in _core.supported_isas()), None)
+    if isa is None:
+        pytest.skip("no SIMD level with a packed product here")
+    other = _core.PACKED16 if _core.packed_layout(isa) == _core.PACKED16_PLANES else _core.PACKED16_PLANES
+    raw = random_weights("Q5_0", 16, 64, np.random.default_rng(1))
+    packed = _core.pack_matrix(ggml_type("Q5_0").id, raw, 64, 16, other)
+    with pytest.raises(ValueError, match="reads only"):
+        _core.matmul_packed_with(isa, ggml_type("Q5_0").id, packed, 64, 16, np.zeros((1, 64), np.float32), other)
 
 
 def test_a_mis_packed_byte_is_caught():
@@ -148,6 +205,8 @@ def test_bad_arguments_are_refused():
         _core.matmul_packed_with("scalar", ggml_type("Q8_0").id, packed[:-1], 64, 16, np.zeros((1, 64), np.float32))
     with pytest.raises(ValueError):
         _core.matmul_packed_with("scalar", ggml_type("Q8_0").id, packed, 64, 16, np.zeros((1, 32), np.float32))
+    with pytest.raises(ValueError):
+        _core.pack_matrix(ggml_type("Q8_0").id, raw, 64, 16, 7)
     with pytest.raises(ValueError):
         rwkvx.load(os.path.join(TINY, "tiny-rwkv-7v0-834K-Q8_0.bin"), pack="yes")
 

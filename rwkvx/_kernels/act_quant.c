@@ -223,7 +223,7 @@ int rwkvx_q8_acts_quantize(rwkvx_q8_acts *a, int weight_type, const float *x, in
     return RWKVX_OK;
 }
 
-int rwkvx_q8_acts_want_lanes(const rwkvx_tensor *w) { return w->layout != RWKVX_LAYOUT_PACKED16; }
+int rwkvx_q8_acts_want_lanes(const rwkvx_tensor *w) { return !rwkvx_layout_is_packed(w->layout); }
 
 void rwkvx_q8_acts_free(rwkvx_q8_acts *a) {
     if (a->memory != NULL) give_back_buffer(a->memory, a->bytes);

@@ -128,6 +128,9 @@ typedef struct rwkvx_kernel_table {
     /* 1 if this level's packed product is faster than its file-layout one, so a
      * model should pack its matrices at load. */
     int prefers_packed;
+    /* The packed layout a model packs into at this level (packed.h): the one its
+     * matmul_q8_packed reads; the portable reference reads both. */
+    int packed_layout;
     rwkvx_dequant_row_fn dequant_row;
     rwkvx_wkv7_heads_fn wkv7_heads;
     rwkvx_v7_gates_fn v7_gates;
@@ -178,7 +181,8 @@ void rwkvx_matmul_q8_packed_avx512(const rwkvx_tensor *w, const rwkvx_q8_acts *x
 rwkvx_tensor rwkvx_tensor_rows(const rwkvx_tensor *w, int64_t begin, int64_t end);
 /* Pack a whole matrix (packed.h: rwkvx_pack_groups), its groups split over pool's threads (pool may be NULL). */
 struct rwkvx_pool;
-void rwkvx_pack_matrix(struct rwkvx_pool *pool, const void *src, int type, int64_t n_in, int64_t n_rows, void *dst);
+void rwkvx_pack_matrix(struct rwkvx_pool *pool, const void *src, int type, int64_t n_in, int64_t n_rows, int layout,
+                       void *dst);
 /* memcpy of n_bytes split over the pool's threads (pool may be NULL), each thread's share of both
  * buffers mapped in bulk first (the load's copy of the matrices that keep their layout). */
 void rwkvx_copy_bytes(struct rwkvx_pool *pool, const void *src, size_t n_bytes, void *dst);

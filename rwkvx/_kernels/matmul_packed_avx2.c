@@ -1,5 +1,6 @@
-/* AVX2 products of packed16 quantized weights (packed.h) with activations
- * quantized per block (rwkvx_q8_acts), for CPUs without VNNI.
+/* AVX2 products of packed16 quantized weights (packed.h; Q5 types' fifth bits as
+ * bit planes, RWKVX_LAYOUT_PACKED16_PLANES) with activations quantized per
+ * block (rwkvx_q8_acts), for CPUs without VNNI.
  *
  * A 64-byte vector of a block column holds 4 codes of each of the group's 16
  * rows; its two 32-byte halves are rows 0-7 and 8-15, one ymm each. vpmaddubsw
@@ -68,25 +69,32 @@ FORCE_INLINE float load_f32(const void *p) {
     return v;
 }
 
-/* Byte j = 16 where bit j of the 32 bits at p is set, else 0 (the fifth bits of a half vector). */
-FORCE_INLINE __m256i fifth_bits(const uint8_t *p) {
-    uint32_t bits;
-    memcpy(&bits, p, 4); /* little-endian: bit j of the packed u64 is bit j here, for j < 32 */
-    const __m256i spread = _mm256_shuffle_epi8(
-        _mm256_set1_epi32((int32_t)bits),
-        _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
-    const __m256i bit = _mm256_set1_epi64x((int64_t)0x8040201008040201ull);
-    return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(16));
+/* The fifth bits of code vector z's low (which = 0) or high nibbles at bit 4 of each byte, 0 elsewhere, from
+ * the bit planes of a half (packed.h: bit 4 + z for the low nibbles, bit z for the high ones). Shifting 16-bit
+ * lanes by at most 4 moves no bit of one byte into bit 4 of the other. */
+FORCE_INLINE __m256i fifth_bits(__m256i planes, int z, int which) {
+    __m256i at4;
+    switch (which == 0 ? z : 4 + z) { /* constant shift counts */
+    case 0: at4 = planes; break;
+    case 1: at4 = _mm256_srli_epi16(planes, 1); break;
+    case 2: at4 = _mm256_srli_epi16(planes, 2); break;
+    case 3: at4 = _mm256_srli_epi16(planes, 3); break;
+    case 4: at4 = _mm256_slli_epi16(planes, 4); break;
+    case 5: at4 = _mm256_slli_epi16(planes, 3); break;
+    case 6: at4 = _mm256_slli_epi16(planes, 2); break;
+    default: at4 = _mm256_slli_epi16(planes, 1); break;
+    }
+    return _mm256_and_si256(at4, _mm256_set1_epi8(0x10));
 }
 
-/* Low (which = 0) or high nibbles of a half vector's codes, with their fifth bits for Q5 types. */
-FORCE_INLINE __m256i small_codes(int type, const uint8_t *column, const rwkvx_packed_regions *regions, int z, int h,
-                                 int which) {
+/* Low (which = 0) or high nibbles of a half vector's codes, with their fifth bits (from the half's bit planes)
+ * for Q5 types. */
+FORCE_INLINE __m256i small_codes(int type, const uint8_t *column, const rwkvx_packed_regions *regions, __m256i planes,
+                                 int z, int h, int which) {
     const __m256i v = _mm256_loadu_si256((const __m256i *)(column + regions->codes + 64 * z + 32 * h));
     const __m256i low4 = _mm256_set1_epi8(0x0f);
     __m256i u = which == 0 ? _mm256_and_si256(v, low4) : _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
-    if (rwkvx_packed_has_qh(type))
-        u = _mm256_or_si256(u, fifth_bits(column + regions->qh + 16 * (size_t)z + 8 * (size_t)which + 4 * (size_t)h));
+    if (rwkvx_packed_has_qh(type)) u = _mm256_or_si256(u, fifth_bits(planes, z, which));
     return u;
 }
 
@@ -126,11 +134,12 @@ FORCE_INLINE void half_tile(int type, const uint8_t *group, const rwkvx_packed_r
                 }
             } else if (rwkvx_packed_has_qh(type)) {
                 /* 5-bit codes: 4 pairs at most per int16 lane, so low and high nibbles are summed apart */
+                const __m256i planes = _mm256_loadu_si256((const __m256i *)(column + regions->qh + 32 * (size_t)h));
                 for (int which = 0; which < 2; which++) {
                     __m256i pairs[PA_TOKEN_TILE];
                     for (int t = 0; t < nt; t++) pairs[t] = _mm256_setzero_si256();
                     for (int z = 0; z < 4; z++) {
-                        const __m256i u = small_codes(type, column, regions, z, h, which);
+                        const __m256i u = small_codes(type, column, regions, planes, z, h, which);
                         for (int t = 0; t < nt; t++) {
                             const int8_t *qx = x->qs + ((t0 + t) * stride + c) * RWKVX_QK;
                             pairs[t] = _mm256_add_epi16(pairs[t],
@@ -147,8 +156,8 @@ FORCE_INLINE void half_tile(int type, const uint8_t *group, const rwkvx_packed_r
                 __m256i pairs[PA_TOKEN_TILE];
                 for (int t = 0; t < nt; t++) pairs[t] = _mm256_setzero_si256();
                 for (int z = 0; z < 4; z++) {
-                    const __m256i lo = small_codes(type, column, regions, z, h, 0);
-                    const __m256i hi = small_codes(type, column, regions, z, h, 1);
+                    const __m256i lo = small_codes(type, column, regions, _mm256_setzero_si256(), z, h, 0);
+                    const __m256i hi = small_codes(type, column, regions, _mm256_setzero_si256(), z, h, 1);
                     for (int t = 0; t < nt; t++) {
                         const int8_t *qx = x->qs + ((t0 + t) * stride + c) * RWKVX_QK;
                         pairs[t] = _mm256_add_epi16(

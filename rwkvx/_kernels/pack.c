@@ -46,13 +46,14 @@ static block_fields fields_of(int type) {
 }
 
 /* Column c of one group: block c of each of the group's rows (NULL: a padding row). */
-static void pack_column(int type, const uint8_t *const blocks[RWKVX_PACK_ROWS], const rwkvx_packed_regions *regions,
-                        int64_t c, uint8_t *group) {
+static void pack_column(int type, int layout, const uint8_t *const blocks[RWKVX_PACK_ROWS],
+                        const rwkvx_packed_regions *regions, int64_t c, uint8_t *group) {
     const block_fields f = fields_of(type);
     const size_t code_bytes = rwkvx_packed_code_bytes(type);
     uint8_t *column = group + (size_t)c * regions->column;
     uint8_t *codes = column + regions->codes, *d = column + regions->d, *m = column + regions->m;
-    uint64_t qh[4][2] = {{0}};
+    uint64_t qh[4][2] = {{0}};                      /* row masks */
+    uint8_t planes[RWKVX_PACK_ROWS * 4] = {0}; /* bit planes: byte 4r + i of row r */
     memset(codes, 0, code_bytes);
     for (int r = 0; r < RWKVX_PACK_ROWS; r++) {
         const uint8_t *b = blocks[r];
@@ -78,15 +79,22 @@ static void pack_column(int type, const uint8_t *const blocks[RWKVX_PACK_ROWS], 
             for (int z = 0; z < 4; z++) { /* bits 4z..4z+3 (and 16 more) move to 4r..4r+3 as a nibble */
                 qh[z][0] |= (uint64_t)((h >> (4 * z)) & 0xfu) << (4 * r);
                 qh[z][1] |= (uint64_t)((h >> (16 + 4 * z)) & 0xfu) << (4 * r);
+                for (int i = 0; i < 4; i++) /* code byte 4r + i of vector z: weights 4z + i and 16 + 4z + i */
+                    planes[4 * r + i] |= (uint8_t)((((h >> (4 * z + i)) & 1u) << (4 + z)) |
+                                                   (((h >> (16 + 4 * z + i)) & 1u) << z));
             }
         }
     }
-    if (rwkvx_packed_has_qh(type))
-        memcpy(column + regions->qh, qh, sizeof qh);
+    if (rwkvx_packed_has_qh(type)) {
+        if (layout == RWKVX_LAYOUT_PACKED16_PLANES)
+            memcpy(column + regions->qh, planes, sizeof planes);
+        else
+            memcpy(column + regions->qh, qh, sizeof qh);
+    }
 }
 
-void rwkvx_pack_groups(const void *src, int type, int64_t n_in, int64_t n_rows, void *dst, int64_t group_begin,
-                       int64_t group_end) {
+void rwkvx_pack_groups(const void *src, int type, int64_t n_in, int64_t n_rows, int layout, void *dst,
+                       int64_t group_begin, int64_t group_end) {
     const int64_t n_blocks = n_in / RWKVX_QK;
     const rwkvx_packed_regions regions = rwkvx_packed_layout(type, n_blocks);
     const size_t row_bytes = rwkvx_row_bytes(type, (size_t)n_in), block_bytes = rwkvx_row_bytes(type, RWKVX_QK);
@@ -99,7 +107,7 @@ void rwkvx_pack_groups(const void *src, int type, int64_t n_in, int64_t n_rows, 
                 blocks[r] = row < n_rows ? (const uint8_t *)src + (size_t)row * row_bytes + (size_t)c * block_bytes
                                          : NULL;
             }
-            pack_column(type, blocks, &regions, c, group);
+            pack_column(type, layout, blocks, &regions, c, group);
         }
     }
 }
@@ -107,7 +115,7 @@ void rwkvx_pack_groups(const void *src, int type, int64_t n_in, int64_t n_rows, 
 rwkvx_tensor rwkvx_tensor_rows(const rwkvx_tensor *w, int64_t begin, int64_t end) {
     rwkvx_tensor part = *w;
     part.n_rows = (int32_t)(end - begin);
-    if (w->layout == RWKVX_LAYOUT_PACKED16)
+    if (rwkvx_layout_is_packed(w->layout))
         part.data = (const uint8_t *)w->data +
                     (size_t)(begin / RWKVX_PACK_ROWS) * rwkvx_packed_layout(w->type, w->n_in / RWKVX_QK).group;
     else
@@ -119,6 +127,7 @@ typedef struct pack_job {
     const void *src;
     int type;
     int64_t n_in, n_rows;
+    int layout;
     void *dst;
 } pack_job;
 
@@ -145,11 +154,12 @@ static void pack_task(void *ctx, int64_t group_begin, int64_t group_end) {
     populate((const uint8_t *)job->src + (size_t)group_begin * RWKVX_PACK_ROWS * row_bytes,
              (size_t)(row_end - group_begin * RWKVX_PACK_ROWS) * row_bytes, 0);
     populate((uint8_t *)job->dst + (size_t)group_begin * group_bytes, (size_t)(group_end - group_begin) * group_bytes, 1);
-    rwkvx_pack_groups(job->src, job->type, job->n_in, job->n_rows, job->dst, group_begin, group_end);
+    rwkvx_pack_groups(job->src, job->type, job->n_in, job->n_rows, job->layout, job->dst, group_begin, group_end);
 }
 
-void rwkvx_pack_matrix(struct rwkvx_pool *pool, const void *src, int type, int64_t n_in, int64_t n_rows, void *dst) {
-    pack_job job = {src, type, n_in, n_rows, dst};
+void rwkvx_pack_matrix(struct rwkvx_pool *pool, const void *src, int type, int64_t n_in, int64_t n_rows, int layout,
+                       void *dst) {
+    pack_job job = {src, type, n_in, n_rows, layout, dst};
     rwkvx_pool_run(pool, pack_task, &job, (n_rows + RWKVX_PACK_ROWS - 1) / RWKVX_PACK_ROWS, 1);
 }
 

@@ -29,8 +29,20 @@
  *   4/5-bit (CODE_BYTES 256): vector z (0..3) holds the file's qs bytes
  *     4z..4z+3 of each row unchanged: their low nibbles are weights 4z..4z+3,
  *     their high nibbles weights 16+4z..16+4z+3.
- *   qh[z][0] bit 4r+i is row r's fifth bit of weight 4z+i (the low
- *   nibbles of vector z), qh[z][1] bit 4r+i that of weight 16+4z+i.
+ *
+ * The fifth bits (Q5_0, Q5_1) come in one of two arrangements, both 64 bytes
+ * a column; the tensor's layout says which:
+ *   RWKVX_LAYOUT_PACKED16 (row masks, for AVX-512's mask registers):
+ *     qh[z][0] bit 4r+i is row r's fifth bit of weight 4z+i (the low nibbles
+ *     of vector z), qh[z][1] bit 4r+i that of weight 16+4z+i.
+ *   RWKVX_LAYOUT_PACKED16_PLANES (bit planes, for AVX2, which has no mask
+ *     registers and no cheap way to spread 32 bits over 32 bytes): qh is two
+ *     32-byte halves, rows 0-7 and 8-15, each lined up with the halves of the
+ *     code vectors; byte j of half h holds the fifth bits of code byte 32h + j
+ *     of all four vectors: bit 4 + z that of its low nibble in vector z, bit z
+ *     that of its high nibble. One shift and one AND bring a vector's fifth
+ *     bits to bit 4 of each byte, next to its nibbles.
+ * For the other types the two are the same bytes.
  *
  * A group takes exactly 16 rows' worth of file bytes, so a packed matrix is as
  * large as the file's (plus the padding rows of a last partial group).
@@ -46,7 +58,9 @@
 #define RWKVX_PACK_ROWS 16
 
 /* How a tensor's data is laid out (rwkvx_tensor.layout). */
-enum rwkvx_layout { RWKVX_LAYOUT_ROWS = 0, RWKVX_LAYOUT_PACKED16 = 1 };
+enum rwkvx_layout { RWKVX_LAYOUT_ROWS = 0, RWKVX_LAYOUT_PACKED16 = 1, RWKVX_LAYOUT_PACKED16_PLANES = 2 };
+
+static inline int rwkvx_layout_is_packed(int layout) { return layout != RWKVX_LAYOUT_ROWS; }
 
 /* Byte offsets of the fields inside one block column, the column's size, and the group's. */
 typedef struct rwkvx_packed_regions {
@@ -74,8 +88,9 @@ size_t rwkvx_packed_bytes(int type, int64_t n_in, int64_t n_rows);
 
 /* Write groups [group_begin, group_end) of src (a quantized tensor in file
  * layout) into dst (rwkvx_packed_bytes large; the groups land at their own
- * offsets, so threads may pack disjoint ranges of one matrix at once). */
-void rwkvx_pack_groups(const void *src, int type, int64_t n_in, int64_t n_rows, void *dst, int64_t group_begin,
-                       int64_t group_end);
+ * offsets, so threads may pack disjoint ranges of one matrix at once), in
+ * layout RWKVX_LAYOUT_PACKED16 or RWKVX_LAYOUT_PACKED16_PLANES. */
+void rwkvx_pack_groups(const void *src, int type, int64_t n_in, int64_t n_rows, int layout, void *dst,
+                       int64_t group_begin, int64_t group_end);
 
 #endif /* RWKVX_PACKED_H */

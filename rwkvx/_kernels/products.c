@@ -12,8 +12,10 @@
 /* Rows [begin, end) of a product: the same kernel on a slice of the matrix. */
 static void product_rows(const rwkvx_product_job *p, int64_t begin, int64_t end) {
     const rwkvx_tensor part = rwkvx_tensor_rows(p->w, begin, end);
-    if (part.layout == RWKVX_LAYOUT_PACKED16)
+    if (part.layout == rwkvx_kernels->packed_layout)
         rwkvx_kernels->matmul_q8_packed(&part, p->xq, p->y + begin, p->ldy);
+    else if (rwkvx_layout_is_packed(part.layout)) /* packed for another level: only the reference reads any */
+        rwkvx_matmul_q8_packed_ref(&part, p->xq, p->y + begin, p->ldy);
     else if (p->xq != NULL)
         rwkvx_kernels->matmul_q8(&part, p->xq, p->y + begin, p->ldy);
     else

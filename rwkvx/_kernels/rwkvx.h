@@ -24,8 +24,9 @@ enum rwkvx_arch { RWKVX_ARCH_V4 = 4, RWKVX_ARCH_V5_1 = 51, RWKVX_ARCH_V5_2 = 52,
 /* A weight tensor: n_rows rows of n_in elements, of a weight type from blocks.h.
  * A matrix y = W x maps n_in -> n_rows. Vectors are stored as one row of F32.
  * data may be misaligned (mmap of a packed file); kernels read it with memcpy.
- * layout: RWKVX_LAYOUT_ROWS (0: the file's rows) or RWKVX_LAYOUT_PACKED16 (a
- * quantized matrix rewritten for the SIMD kernels, see packed.h). */
+ * layout: RWKVX_LAYOUT_ROWS (0: the file's rows), RWKVX_LAYOUT_PACKED16 or
+ * RWKVX_LAYOUT_PACKED16_PLANES (a quantized matrix rewritten for the SIMD
+ * kernels, see packed.h). */
 typedef struct rwkvx_tensor {
     const void *data;
     int32_t type;
