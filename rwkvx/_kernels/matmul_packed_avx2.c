@@ -37,24 +37,19 @@
 #ifndef PA_TOKEN_TILE
 #define PA_TOKEN_TILE 4
 #endif
-/* Bytes ahead of the current block column prefetched into L1 and into L2 (the group is one stream), for
- * 4- and 8-bit codes and for 5-bit codes. Measured on an AMD EPYC (Zen 3), bench/kernel_vs_read.py
- * (product time over the fastest read's, 2 threads, one token), 3-5 alternating rounds, 256/1024
- * against 2048/4096: Q8_0 2048 x 65536 1.13-1.17 against 1.24-1.26, 768 x 768 1.17-1.19 against
- * 1.23-1.32, Q4_0 2048 x 65536 1.11-1.16 against 1.15-1.21, Q4_1 1.14-1.20 against 1.16-1.34; but
- * Q5_1 2048 x 65536 1.44-1.63 against 1.15-1.37, Q5_0 1.26-1.37 against 1.22-1.26; 512/2048 between,
- * none worse than either. */
+/* Bytes ahead of the current block column prefetched into L1 and into L2 (the group is one stream).
+ * Measured on an AMD EPYC (Zen 3), bench/kernel_vs_read.py (product time over the fastest read's, 2
+ * threads, one token), 3-5 alternating rounds, 256/1024 against 2048/4096: Q8_0 2048 x 65536 1.13-1.17
+ * against 1.24-1.26, 768 x 768 1.17-1.19 against 1.23-1.32, Q4_0 2048 x 65536 1.11-1.16 against
+ * 1.15-1.21, Q4_1 1.14-1.20 against 1.16-1.34; 512/2048 between, none worse than either. The 5-bit
+ * types once read better at 2048/4096, while their fifth bits cost a dozen instructions per 32 codes;
+ * with the bit planes, 5 alternating rounds, medians: Q5_1 2048 x 65536 1.20 against 1.375, Q5_0 1.35
+ * against 1.51, Q5_1 768 x 3072 1.315 against 1.28. */
 #ifndef PA_PREFETCH_L1_BYTES
 #define PA_PREFETCH_L1_BYTES 256
 #endif
 #ifndef PA_PREFETCH_L2_BYTES
 #define PA_PREFETCH_L2_BYTES 1024
-#endif
-#ifndef PA5_PREFETCH_L1_BYTES
-#define PA5_PREFETCH_L1_BYTES 2048
-#endif
-#ifndef PA5_PREFETCH_L2_BYTES
-#define PA5_PREFETCH_L2_BYTES 4096
 #endif
 
 FORCE_INLINE __m256i broadcast_u32(const void *p) {
@@ -108,14 +103,12 @@ FORCE_INLINE void half_tile(int type, const uint8_t *group, const rwkvx_packed_r
     __m256 acc[2][PA_TOKEN_TILE];
     for (int h = 0; h < nh; h++)
         for (int t = 0; t < nt; t++) acc[h][t] = _mm256_setzero_ps();
-    const size_t near = rwkvx_packed_has_qh(type) ? PA5_PREFETCH_L1_BYTES : PA_PREFETCH_L1_BYTES;
-    const size_t far = rwkvx_packed_has_qh(type) ? PA5_PREFETCH_L2_BYTES : PA_PREFETCH_L2_BYTES;
     for (int64_t c = 0; c < n_blocks; c++) {
         const uint8_t *column = group + (size_t)c * regions->column;
         if (prefetch)
             for (size_t line = 0; line < regions->column; line += 64) {
-                _mm_prefetch((const char *)(column + near + line), _MM_HINT_T0);
-                _mm_prefetch((const char *)(column + far + line), _MM_HINT_T1);
+                _mm_prefetch((const char *)(column + PA_PREFETCH_L1_BYTES + line), _MM_HINT_T0);
+                _mm_prefetch((const char *)(column + PA_PREFETCH_L2_BYTES + line), _MM_HINT_T1);
             }
         for (int hh = 0; hh < nh; hh++) {
             const int h = h0 + hh;
