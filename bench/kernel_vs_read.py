@@ -36,26 +36,27 @@ DEFAULT_CASES = (("FP16", 768, 65536), ("FP32", 768, 32768), ("FP16", 2048, 2457
                  ("Q4_0", 768, 3072))
 
 
-def setup_flags() -> tuple[list[str], dict[str, list[str]]]:
-    """BASE_FLAGS and ISA_FLAGS as setup.py defines them (read, not imported: importing runs setup())."""
+def setup_flags() -> tuple[list[str], dict[str, list[str]], dict[str, list[str]]]:
+    """BASE_FLAGS, ISA_FLAGS and FILE_FLAGS as setup.py defines them (read, not imported: importing runs
+    setup())."""
     values = {}
     for node in ast.parse((ROOT / "setup.py").read_text()).body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            if node.targets[0].id in ("BASE_FLAGS", "ISA_FLAGS"):
+            if node.targets[0].id in ("BASE_FLAGS", "ISA_FLAGS", "FILE_FLAGS"):
                 values[node.targets[0].id] = ast.literal_eval(node.value)
-    return values["BASE_FLAGS"], values["ISA_FLAGS"]
+    return values["BASE_FLAGS"], values["ISA_FLAGS"], values["FILE_FLAGS"]
 
 
 def build(out_dir: Path) -> Path:
     """Compile every portable and x86 kernel file and kernel_vs_read.c; returns the executable."""
-    base, isa_flags = setup_flags()
+    base, isa_flags, file_flags = setup_flags()
     base = base + ["-I", str(KERNELS), "-DRWKVX_HAVE_AVX2=1", "-DRWKVX_HAVE_AVX512=1"]
     jobs = []
     for source in sorted(KERNELS.glob("*.c")):
         suffix = source.stem.rsplit("_", 1)[-1]
         if suffix == "neon":
             continue
-        flags = isa_flags.get(suffix, []) if suffix in ("avx2", "avx512") else []
+        flags = (isa_flags.get(suffix, []) if suffix in ("avx2", "avx512") else []) + file_flags.get(source.name, [])
         jobs.append(["gcc", *base, *flags, "-c", str(source), "-o", str(out_dir / (source.stem + ".o"))])
 
     def compile_one(command):
