@@ -45,6 +45,19 @@ static block_fields fields_of(int type) {
     }
 }
 
+/* The bit planes of one row's block (packed.h): byte i of the result holds the fifth bits of the row's
+ * code byte i of vectors z = 0..3, weight 4z + i at bit 4 + z and weight 16 + 4z + i at bit z. qh's
+ * nibble z holds weights 4z..4z+3, so spreading a nibble's bit i to bit 8i places a vector's bits. */
+static uint32_t fifth_bit_planes(uint32_t qh) {
+    static const uint32_t spread[16] = {0x00000000, 0x00000001, 0x00000100, 0x00000101, 0x00010000, 0x00010001,
+                                        0x00010100, 0x00010101, 0x01000000, 0x01000001, 0x01000100, 0x01000101,
+                                        0x01010000, 0x01010001, 0x01010100, 0x01010101};
+    uint32_t planes = 0;
+    for (int z = 0; z < 4; z++)
+        planes |= spread[(qh >> (4 * z)) & 0xfu] << (4 + z) | spread[(qh >> (16 + 4 * z)) & 0xfu] << z;
+    return planes;
+}
+
 /* Column c of one group: block c of each of the group's rows (NULL: a padding row). */
 static void pack_column(int type, int layout, const uint8_t *const blocks[RWKVX_PACK_ROWS],
                         const rwkvx_packed_regions *regions, int64_t c, uint8_t *group) {
@@ -52,7 +65,7 @@ static void pack_column(int type, int layout, const uint8_t *const blocks[RWKVX_
     const size_t code_bytes = rwkvx_packed_code_bytes(type);
     uint8_t *column = group + (size_t)c * regions->column;
     uint8_t *codes = column + regions->codes, *d = column + regions->d, *m = column + regions->m;
-    uint64_t qh[4][2] = {{0}};                      /* row masks */
+    uint64_t qh[4][2] = {{0}};                 /* row masks */
     uint8_t planes[RWKVX_PACK_ROWS * 4] = {0}; /* bit planes: byte 4r + i of row r */
     memset(codes, 0, code_bytes);
     for (int r = 0; r < RWKVX_PACK_ROWS; r++) {
@@ -76,13 +89,14 @@ static void pack_column(int type, int layout, const uint8_t *const blocks[RWKVX_
         for (int z = 0; z < 4; z++) memcpy(codes + 64 * z + 4 * r, b + f.qs + 4 * z, 4);
         if (rwkvx_packed_has_qh(type)) {
             const uint32_t h = rwkvx_load_qh(b + f.qh);
-            for (int z = 0; z < 4; z++) { /* bits 4z..4z+3 (and 16 more) move to 4r..4r+3 as a nibble */
-                qh[z][0] |= (uint64_t)((h >> (4 * z)) & 0xfu) << (4 * r);
-                qh[z][1] |= (uint64_t)((h >> (16 + 4 * z)) & 0xfu) << (4 * r);
-                for (int i = 0; i < 4; i++) /* code byte 4r + i of vector z: weights 4z + i and 16 + 4z + i */
-                    planes[4 * r + i] |= (uint8_t)((((h >> (4 * z + i)) & 1u) << (4 + z)) |
-                                                   (((h >> (16 + 4 * z + i)) & 1u) << z));
-            }
+            if (layout == RWKVX_LAYOUT_PACKED16_PLANES) {
+                const uint32_t row_planes = fifth_bit_planes(h); /* little-endian: byte i at planes[4r + i] */
+                memcpy(planes + 4 * r, &row_planes, 4);
+            } else
+                for (int z = 0; z < 4; z++) { /* bits 4z..4z+3 (and 16 more) move to 4r..4r+3 as a nibble */
+                    qh[z][0] |= (uint64_t)((h >> (4 * z)) & 0xfu) << (4 * r);
+                    qh[z][1] |= (uint64_t)((h >> (16 + 4 * z)) & 0xfu) << (4 * r);
+                }
         }
     }
     if (rwkvx_packed_has_qh(type)) {
