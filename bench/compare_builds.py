@@ -48,13 +48,14 @@ for line in sys.stdin:
 """
 
 
-def start(checkout: Path, args) -> subprocess.Popen:
+def start(checkout: Path, model: str, mode: str, threads: int, prefill_tokens: int) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(checkout))
-    child = subprocess.Popen([sys.executable, "-c", CHILD, args.model, args.mode, str(args.threads),
-                              str(args.prefill_tokens)],
+    child = subprocess.Popen([sys.executable, "-c", CHILD, model, mode, str(threads), str(prefill_tokens)],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     if child.stdout.readline().strip() != "ready":
-        raise SystemExit(f"{checkout}: the model did not load (is the extension built there?)")
+        child.kill()
+        child.wait()
+        raise SystemExit(f"{checkout}: the model did not load (its error is above; is the extension built there?)")
     return child
 
 
@@ -62,6 +63,25 @@ def window(child: subprocess.Popen, calls: int) -> float:
     child.stdin.write(f"{calls}\n")
     child.stdin.flush()
     return float(child.stdout.readline())
+
+
+def compare(model: str, a: Path, b: Path, mode: str = "nolog", calls: int | None = None, rounds: int = 30,
+            threads: int = 2, prefill_tokens: int = 128) -> tuple[int, list[float], list[float]]:
+    """(calls per window, A's windows, B's windows) in ms per call, window i of A beside window i of B."""
+    children = []
+    try:
+        children = [start(a, model, mode, threads, prefill_tokens)]
+        children.append(start(b, model, mode, threads, prefill_tokens))
+        calls = calls or max(1, round(1000.0 / window(children[0], 3)))
+        times = ([], [])
+        for r in range(rounds):
+            for side in ((0, 1) if r % 2 == 0 else (1, 0)):  # ABBA: neither side always goes first
+                times[side].append(window(children[side], calls))
+    finally:
+        for child in children:
+            child.stdin.close()
+            child.wait()
+    return calls, times[0], times[1]
 
 
 def main(argv=None) -> int:
@@ -79,21 +99,12 @@ def main(argv=None) -> int:
     if args.rounds < 4:
         parser.error("--rounds must be at least 4 (the quartiles need them)")
 
-    children = [start(args.a, args), start(args.b, args)]
-    try:
-        calls = args.calls or max(1, round(1000.0 / window(children[0], 3)))
-        times = ([], [])
-        for r in range(args.rounds):
-            for side in ((0, 1) if r % 2 == 0 else (1, 0)):  # ABBA: neither side always goes first
-                times[side].append(window(children[side], calls))
-    finally:
-        for child in children:
-            child.stdin.close()
-            child.wait()
-    ratios = [b / a for a, b in zip(*times)]
+    calls, times_a, times_b = compare(args.model, args.a, args.b, args.mode, args.calls, args.rounds, args.threads,
+                                      args.prefill_tokens)
+    ratios = [b / a for a, b in zip(times_a, times_b)]
     q1, _, q3 = statistics.quantiles(ratios, n=4)
     print(f"{Path(args.model).name} {args.mode}, {args.rounds} pairs of {calls} calls: "
-          f"A {statistics.median(times[0]):.2f} ms, B {statistics.median(times[1]):.2f} ms per call; "
+          f"A {statistics.median(times_a):.2f} ms, B {statistics.median(times_b):.2f} ms per call; "
           f"B/A median {statistics.median(ratios):.3f} (quartiles {q1:.3f}-{q3:.3f})")
     return 0
 
