@@ -142,16 +142,18 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: kernel_vs_read avx2|avx512 TYPE N_IN N_ROWS PASSES COPIES\n");
         return 2;
     }
-    const int avx512 = strcmp(argv[1], "avx512") == 0;
+    /* the level's own table: its products and the packed layout a model packs into there */
+    const int simd = strcmp(argv[1], "avx2") == 0 || strcmp(argv[1], "avx512") == 0;
+    const rwkvx_kernel_table *level = simd ? rwkvx_kernel_table_for(argv[1]) : NULL;
     const int type = atoi(argv[2]);
     const int64_t n_in = atoll(argv[3]), n_rows = atoll(argv[4]);
     run.passes = atoi(argv[5]);
     run.copies = atoi(argv[6]);
     const int quantized = type != RWKVX_TYPE_F32 && type != RWKVX_TYPE_F16;
-    if ((!avx512 && strcmp(argv[1], "avx2") != 0) || run.copies < 1 || run.passes < 2 || run.passes > MAX_PASSES || n_in <= 0 ||
+    if (level == NULL || run.copies < 1 || run.passes < 2 || run.passes > MAX_PASSES || n_in <= 0 ||
         n_rows < 2 * RWKVX_PACK_ROWS || (quantized && (n_in % RWKVX_QK != 0 || n_rows % RWKVX_PACK_ROWS != 0)) ||
         rwkvx_row_bytes(type, RWKVX_QK) == 0) {
-        fprintf(stderr, "kernel_vs_read: bad arguments\n");
+        fprintf(stderr, "kernel_vs_read: bad arguments (or a level this CPU does not run)\n");
         return 2;
     }
     size_t file_bytes;
@@ -163,12 +165,12 @@ int main(int argc, char **argv) {
     run.x = x;
     if (quantized) {
         run.bytes = rwkvx_packed_bytes(type, n_in, n_rows);
-        run.w.layout = avx512 ? RWKVX_LAYOUT_PACKED16 : RWKVX_LAYOUT_PACKED16_PLANES; /* what each level packs into */
+        run.w.layout = level->packed_layout;
         if (rwkvx_q8_acts_quantize(&run.xq, type, x, n_in, 1, n_in, rwkvx_q8_acts_want_lanes(&run.w)) != RWKVX_OK)
             return 1;
-        run.packed_fn = avx512 ? rwkvx_matmul_q8_packed_avx512 : rwkvx_matmul_q8_packed_avx2;
+        run.packed_fn = level->matmul_q8_packed;
     } else
-        run.float_fn = avx512 ? rwkvx_matmul_avx512 : rwkvx_matmul_avx2;
+        run.float_fn = level->matmul;
     run.copy_stride = (run.bytes + 4095) / 4096 * 4096;
     uint8_t *copies = huge_zeroed(run.copy_stride * (size_t)run.copies);
     for (int k = 0; k < run.copies; k++) {

@@ -111,6 +111,7 @@ cdef extern from "kernels.h" nogil:
         pass
     ctypedef void (*rwkvx_matmul_q8_fn)(const rwkvx_tensor *w, const rwkvx_q8_acts *x, float *y, int64_t ldy)
     int rwkvx_type_is_quantized(int type)
+    void rwkvx_matmul_q8_packed_ref(const rwkvx_tensor *w, const rwkvx_q8_acts *x, float *y, int64_t ldy)
     void rwkvx_pack_matrix(rwkvx_pool *pool, const void *src, int type, int64_t n_in, int64_t n_rows, int layout,
                            void *dst)
     void rwkvx_copy_bytes(rwkvx_pool *pool, const void *src, size_t n_bytes, void *dst)
@@ -319,7 +320,7 @@ def matmul_packed_with(str isa, int type_id, packed, int n_in, int n_rows, const
     cdef int chosen = table.packed_layout if layout is None else layout
     _check_packed_layout(chosen)
     # levels without a packed product of their own (scalar, neon) use the reference, which reads either layout
-    if chosen != table.packed_layout and table.matmul_q8_packed != rwkvx_kernel_table_for(b"scalar").matmul_q8_packed:
+    if chosen != table.packed_layout and table.matmul_q8_packed != rwkvx_matmul_q8_packed_ref:
         raise ValueError(f"the {isa} product reads only its own packed layout ({table.packed_layout})")
     cdef const unsigned char[::1] view = packed
     if not rwkvx_type_is_quantized(type_id) or n_in <= 0 or n_rows <= 0 or n_in % 32:
