@@ -1,6 +1,6 @@
 /* How many int8 multiply-adds per cycle a core can do with the AVX2 packed kernel's instructions.
  *
- * usage: int8_ceiling ITERATIONS    prints: GHZ Q8_0_MACS_PER_CYCLE Q4_MACS_PER_CYCLE Q5_MACS_PER_CYCLE
+ * usage: int8_ceiling ITERATIONS    prints: GHZ, then int8 multiply-adds per nanosecond for Q8_0, Q4_x, Q5_x
  *
  * The loops below issue, per block column of 8 rows, the instructions matmul_packed_avx2.c issues for a
  * tile of 4 tokens, with every operand already in a register: no loads of weights or activations, no
@@ -121,6 +121,6 @@ int main(int argc, char **argv) {
     const double ghz_after = clock_ghz(iterations * 8);
     const double ghz = ghz_before > ghz_after ? ghz_before : ghz_after;
     const double macs = (double)iterations * MACS_PER_ITERATION;
-    printf("%.3f %.2f %.2f %.2f\n", ghz, macs / (q8 * ghz * 1e9), macs / (q4 * ghz * 1e9), macs / (q5 * ghz * 1e9));
+    printf("%.3f %.3f %.3f %.3f\n", ghz, macs / (q8 * 1e9), macs / (q4 * 1e9), macs / (q5 * 1e9));
     return 0;
 }

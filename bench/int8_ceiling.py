@@ -2,17 +2,18 @@
 
 int8_ceiling.c runs, on one core, the instructions the AVX2 packed kernel issues for a tile of 4 tokens
 (vpmaddubsw into int16 pairs, vpmaddwd into int32, and their adds), with every operand in a register:
-no memory, no scales, no float work. Its int8 multiply-adds per cycle bound the kernel's from above,
-and times the cores and their clock, they bound the tokens per second of a prefill whose layer
-matrices are quantized, even if nothing else took any time:
+no memory, no scales, no float work. Its int8 multiply-adds per second bound the kernel's from above,
+and times the cores they bound the tokens per second of a prefill whose layer matrices are quantized,
+even if nothing else took any time:
 
-    tokens/s <= MACs per cycle x GHz x threads / (multiply-adds of a token's quantized matrices)
+    tokens/s <= MACs per second and core x threads / (multiply-adds of a token's quantized matrices)
 
 The table prints that bound for each bench model and type group, beside the prefill the issue asks for
 (4x rwkv.cpp's figures, 128 tokens). A bound below the target says that no kernel built from these
-instructions reaches it on this CPU; one above it says only that it is not ruled out. The clock is
-taken from a chain of dependent adds in the same run; the best of --repeats runs is kept, since a busy
-moment of a shared machine only lowers what is measured. Needs gcc and an x86-64 CPU with AVX2.
+instructions reaches it on this CPU; one above it says only that it is not ruled out. The best of
+--repeats runs is kept, since a busy moment of a shared machine only lowers what is measured; the clock
+(from a chain of dependent adds, in the same runs) only turns the rate into multiply-adds per cycle.
+Needs gcc and an x86-64 CPU with AVX2.
 """
 from __future__ import annotations
 
@@ -60,15 +61,15 @@ def build(out_dir: Path) -> Path:
 
 
 def measure(executable: Path, iterations: int, repeats: int) -> tuple[float, dict[str, float]]:
-    """(GHz, MACs per cycle per column): the best of `repeats` runs for each."""
-    ghz, per_cycle = 0.0, dict.fromkeys(COLUMNS, 0.0)
+    """(GHz, int8 multiply-adds per nanosecond and core per column): the best of `repeats` runs for each."""
+    ghz, per_ns = 0.0, dict.fromkeys(COLUMNS, 0.0)
     for _ in range(repeats):
         fields = [float(v) for v in subprocess.run([str(executable), str(iterations)], capture_output=True,
                                                    text=True, check=True).stdout.split()]
         ghz = max(ghz, fields[0])
         for column, value in zip(COLUMNS, fields[1:]):
-            per_cycle[column] = max(per_cycle[column], value)
-    return ghz, per_cycle
+            per_ns[column] = max(per_ns[column], value)
+    return ghz, per_ns
 
 
 def main(argv=None) -> int:
@@ -86,16 +87,18 @@ def main(argv=None) -> int:
         print("int8_ceiling: this CPU has no AVX2", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as tmp:
-        ghz, per_cycle = measure(build(Path(tmp)), args.iterations, args.repeats)
-    print(f"# clock {ghz:.2f} GHz (dependent adds); int8 multiply-adds per cycle and core, AVX2 tile of 4 tokens, "
-          f"operands in registers: " + ", ".join(f"{c} {per_cycle[c]:.1f}" for c in COLUMNS))
-    print(f"# bound = MACs/cycle x {ghz:.2f} GHz x {args.threads} threads / MACs of a token's quantized matrices")
+        ghz, per_ns = measure(build(Path(tmp)), args.iterations, args.repeats)
+    print(f"# int8 multiply-adds per ns and core, AVX2 tile of 4 tokens, operands in registers: "
+          + ", ".join(f"{c} {per_ns[c]:.1f}" for c in COLUMNS)
+          + f"; per cycle at the clock of {ghz:.2f} GHz (dependent adds): "
+          + ", ".join(f"{c} {per_ns[c] / ghz:.1f}" for c in COLUMNS))
+    print(f"# bound = MACs/ns x {args.threads} threads / MACs of a token's quantized matrices")
     print("| model | type | MACs/token (M) | bound tokens/s | issue's prefill target | bound / target |")
     print("|---|---|---|---|---|---|")
     for model in SHAPES:
         macs = quantized_macs_per_token(model)
         for data_type, target in TARGETS[model].items():
-            bound = per_cycle[TYPE_COLUMN[data_type]] * ghz * 1e9 * args.threads / macs
+            bound = per_ns[TYPE_COLUMN[data_type]] * 1e9 * args.threads / macs
             print(f"| {model} | {data_type} | {macs / 1e6:.1f} | {bound:.0f} | {target} | {bound / target:.2f} |")
     return 0
 
