@@ -2,8 +2,9 @@
 
 For each kernel level the CPU runs (AVX2, AVX-512) and each matrix shape, kernel_vs_read.c streams
 the matrix with the level's one-token product on 2 threads and, in the same pass, reads a buffer
-as large with a plain read, a prefetching one and one of 4 parts side by side (which on an AMD EPYC
-Zen 3 reads faster than one stream); the ratio of a pass is the product's time over the fastest read's. Taken pass by pass, the ratio does not move with the machine's bandwidth
+as large with a plain read, a prefetching one and one of 4 parts side by side within windows of 4 MB
+(which on an AMD EPYC Zen 3 reads faster than one stream); the ratio of a pass is the product's time
+over the fastest read's. Taken pass by pass, the ratio does not move with the machine's bandwidth
 (which on a shared machine has fast and slow phases of seconds): a product at 1.00 streams its
 weights as fast as the machine can read them. Prints the median ratio with its quartiles and the
 product's median GB/s. Each pass reads another copy of the matrix (and of the read buffer), as many
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
             cases.append((type_name, int(n_in), int(n_rows)))
 
     print(f"# {info['model_name']}; 2 threads, one token; {args.passes} passes, each: product, plain read, "
-          f"prefetching read, read of 4 parts side by side; copies cycled through: {args.cold_mb:g} MB of them")
+          f"prefetching read, read of 4 parts side by side in 4 MB windows; copies cycled through: {args.cold_mb:g} MB of them")
     print("| level | type | n_in x n_rows | MB | copies | product GB/s | product / read: median | q1-q3 |")
     print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:

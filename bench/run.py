@@ -48,11 +48,15 @@ PROBE_PASS_BYTES = 1 << 30  # bytes streamed per timed probe pass (the buffer, a
 PREFILL_LENGTHS = (128, 512)
 PREFILL_MIN_SECONDS = 1.5  # of prefill calls per length, at least (see time_prefill)
 # How the probe reads, taken in turn and the best kept: (bytes ahead prefetched into L1, into L2, 0 for
-# not; parts of each thread's slice read side by side). A plain read, the products' own distances, longer
-# ones, and 4 parts at once as the AVX2 float products read a matrix: on one machine a plain read has read
-# 21-23 GB/s while the same buffer read with prefetches read 26-29, on another (AMD EPYC, Zen 3) 4 parts
-# side by side read faster than one stream; a bound from a weaker reader than the products flatters.
-PROBE_WAYS = ((0, 0, 1), (2048, 4096, 1), (4096, 8192, 1), (0, 0, 4), (256, 1024, 4))
+# not; parts of each thread's slice read side by side; bytes of the slice read that way at a time, 0 for
+# all of it). A plain read, the products' own distances, longer ones, and 4 parts at once as the AVX2 float
+# products read a matrix, over the whole slice or window by window as the products read one matrix after
+# another: on one machine a plain read has read 21-23 GB/s while the same buffer read with prefetches read
+# 26-29, on another (AMD EPYC, Zen 3) 4 parts side by side read faster than one stream, and faster again
+# within windows of a few MB (see memprobe.c); a bound from a weaker reader than the products flatters.
+PROBE_WINDOW = 4 << 20
+PROBE_WAYS = ((0, 0, 1, 0), (2048, 4096, 1, 0), (4096, 8192, 1, 0), (0, 0, 4, 0), (256, 1024, 4, 0),
+              (0, 0, 4, PROBE_WINDOW), (256, 1024, 4, PROBE_WINDOW))
 PROBE_TURNS = 3  # bandwidth probes taken in turn with decoding, in the model's own process
 WARMUP_TOKENS = 3
 DECODE_WINDOWS = 4

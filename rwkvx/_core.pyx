@@ -106,7 +106,7 @@ cdef extern from "packed.h" nogil:
     size_t rwkvx_packed_bytes(int type, int64_t n_in, int64_t n_rows)
 
 cdef extern from "kernels.h" nogil:
-    uint64_t rwkvx_read_stream(const void *data, size_t n_bytes, size_t near, size_t far, int streams)
+    uint64_t rwkvx_read_stream(const void *data, size_t n_bytes, size_t near, size_t far, int streams, size_t window)
     ctypedef struct rwkvx_q8_acts:
         pass
     ctypedef void (*rwkvx_matmul_q8_fn)(const rwkvx_tensor *w, const rwkvx_q8_acts *x, float *y, int64_t ldy)
@@ -227,14 +227,17 @@ def exp_poly(const float[::1] x, bint sigmoid=False):
     return out
 
 
-def read_bytes(const unsigned char[::1] buf, size_t prefetch_near=0, size_t prefetch_far=0, int streams=1):
+def read_bytes(const unsigned char[::1] buf, size_t prefetch_near=0, size_t prefetch_far=0, int streams=1,
+               size_t window=0):
     """Read every byte of buf once, GIL released; returns the xor of its 8-byte words.
 
     A streaming-read probe for measuring memory bandwidth (the benchmark calls it from several
     Python threads at once); the xor keeps the compiler from skipping the reads. prefetch_near,
     prefetch_far: also ask for each line that many bytes ahead, into L1 and into L2 (0: not), as
     the matrix products do; streams: read buf as that many contiguous parts side by side (1, 2, 4 or
-    8), as the AVX2 float products read a matrix at one token. Neither changes the result.
+    8), as the AVX2 float products read a matrix at one token; window: that many bytes (whole 64-byte
+    lines) at a time, window after window, as the products read one matrix after another (0: the
+    whole buffer at once). None of them changes the result.
     """
     if streams not in (1, 2, 4, 8):
         raise ValueError(f"streams must be 1, 2, 4 or 8, got {streams}")
@@ -242,7 +245,7 @@ def read_bytes(const unsigned char[::1] buf, size_t prefetch_near=0, size_t pref
     cdef size_t n = <size_t>buf.shape[0]
     cdef uint64_t result
     with nogil:
-        result = rwkvx_read_stream(p, n, prefetch_near, prefetch_far, streams)
+        result = rwkvx_read_stream(p, n, prefetch_near, prefetch_far, streams, window)
     return result
 
 

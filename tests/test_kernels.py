@@ -293,3 +293,11 @@ def test_bandwidth_probe_reads_every_word():
     with pytest.raises(ValueError, match="streams"):
         _core.read_bytes(words.view(np.uint8), 0, 0, 3)
     assert _core.read_bytes(words.view(np.uint8)[:-3], 64, 0) == expected ^ last ^ (last & (2**40 - 1))
+    # windows of whole lines, the last one short (and ending in the partial word); a window that is no
+    # whole line is taken down to one, and one as large as the buffer or larger reads it at once
+    for window in (64, 640, 1004, 4096, 8056, 1 << 20):
+        for streams in (1, 4):
+            assert _core.read_bytes(words.view(np.uint8), 0, 0, streams, window) == expected
+            assert (_core.read_bytes(words.view(np.uint8)[:-3], 256, 1024, streams, window)
+                    == expected ^ last ^ (last & (2**40 - 1)))
+    assert _core.read_bytes(words.view(np.uint8), 0, 0, 4, 63) == expected  # below a line: the whole buffer

@@ -198,8 +198,9 @@ void rwkvx_matmul_neon(const rwkvx_tensor *w, const float *x, int64_t ldx,
 /* Xor of every 8-byte word of data (a final partial word zero-padded; a read of every byte the compiler cannot skip):
  * the benchmark's memory bandwidth probe. near, far: bytes ahead of each line that it is also prefetched into L1
  * and into L2 (0: not). streams (1, 2, 4 or 8; others round down to one of them): the buffer read as that many
- * contiguous parts side by side, a line of each in turn. */
-uint64_t rwkvx_read_stream(const void *data, size_t n_bytes, size_t near, size_t far, int streams);
+ * contiguous parts side by side, a line of each in turn; window: bytes (whole lines) read that way at a time,
+ * window after window (0: the whole buffer at once). */
+uint64_t rwkvx_read_stream(const void *data, size_t n_bytes, size_t near, size_t far, int streams, size_t window);
 
 /* Layer norm of each of T rows of n floats (biased variance). */
 void rwkvx_layer_norm_ref(const float *x, float *out, int64_t n_tokens, int64_t n,
