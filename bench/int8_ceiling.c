@@ -1,4 +1,4 @@
-/* How many int8 multiply-adds per cycle a core can do with the AVX2 packed kernel's instructions.
+/* How many int8 multiply-adds a second one core can do with the AVX2 packed kernel's instructions.
  *
  * usage: int8_ceiling ITERATIONS    prints: GHZ, then int8 multiply-adds per nanosecond for Q8_0, Q4_x, Q5_x
  *
@@ -14,8 +14,8 @@
  *   Q5_x  as Q4_x, with a vpmaddwd per 128 codes (4 pairs fit) and a vpaddd to join the halves.
  * Empty asm statements tell the compiler that a step's codes have changed and that its sums are needed
  * right after it, so it can neither merge steps nor gather all multiplies first and spill their results
- * (they emit no instruction). The core's clock is taken from a chain of
- * dependent integer adds (one per cycle) timed in the same run.
+ * (they emit no instruction). The core's clock is taken from a chain of dependent integer adds (one
+ * per cycle) timed in the same run.
  */
 #include <immintrin.h>
 #include <stdio.h>
