@@ -9,10 +9,10 @@
  *
  * Two threads, each its half of the rows, one token: what decoding does with every matrix. Each pass
  * times the product, then reads of a buffer as large as the matrix (rwkvx_read_stream): a plain one, a
- * prefetching one, and one of 4 parts side by side (within windows of 4 MB), so that all share the machine's moment; a pass's
- * ratio is the product's time over the fastest read's. Prints one line: TYPE N_IN N_ROWS BYTES, the median, first and third
- * quartile of the ratios, and the median GB/s of the product (the first pass dropped). Built and run
- * by kernel_vs_read.py.
+ * prefetching one, and one of 4 parts side by side (within windows of 4 MB), so that all share the
+ * machine's moment; a pass's ratio is the product's time over the fastest read's. Prints one line: TYPE
+ * N_IN N_ROWS BYTES, the median, first and third quartile of the ratios, and the median GB/s of the
+ * product (the first pass dropped). Built and run by kernel_vs_read.py.
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -90,7 +90,8 @@ static void *thread_main(void *arg) {
             else if (way == 0)
                 run.float_fn(&share, run.x, run.w.n_in, 1, run.y + begin, run.w.n_rows);
             else
-                run.sink += rwkvx_read_stream(read_part, read_bytes, way == 2 ? 2048 : 0, way == 2 ? 4096 : 0, way == 3 ? 4 : 1, way == 3 ? READ_WINDOW : 0);
+                run.sink += rwkvx_read_stream(read_part, read_bytes, way == 2 ? 2048 : 0, way == 2 ? 4096 : 0,
+                                              way == 3 ? 4 : 1, way == 3 ? READ_WINDOW : 0);
             barrier(&my_phase);
             if (id == 0) run.seconds[way][pass] = now() - start;
         }

@@ -65,8 +65,10 @@ static void pack_column(int type, int layout, const uint8_t *const blocks[RWKVX_
     const size_t code_bytes = rwkvx_packed_code_bytes(type);
     uint8_t *column = group + (size_t)c * regions->column;
     uint8_t *codes = column + regions->codes, *d = column + regions->d, *m = column + regions->m;
-    uint64_t qh[4][2] = {{0}};                 /* row masks */
-    uint8_t planes[RWKVX_PACK_ROWS * 4] = {0}; /* bit planes: byte 4r + i of row r */
+    union { /* the column's 64 bytes of fifth bits, in the layout's arrangement (packed.h) */
+        uint64_t masks[4][2];                 /* row masks */
+        uint8_t planes[RWKVX_PACK_ROWS * 4]; /* bit planes: byte 4r + i of row r */
+    } fifth = {{{0}}};
     memset(codes, 0, code_bytes);
     for (int r = 0; r < RWKVX_PACK_ROWS; r++) {
         const uint8_t *b = blocks[r];
@@ -91,20 +93,15 @@ static void pack_column(int type, int layout, const uint8_t *const blocks[RWKVX_
             const uint32_t h = rwkvx_load_qh(b + f.qh);
             if (layout == RWKVX_LAYOUT_PACKED16_PLANES) {
                 const uint32_t row_planes = fifth_bit_planes(h); /* little-endian: byte i at planes[4r + i] */
-                memcpy(planes + 4 * r, &row_planes, 4);
+                memcpy(fifth.planes + 4 * r, &row_planes, 4);
             } else
                 for (int z = 0; z < 4; z++) { /* bits 4z..4z+3 (and 16 more) move to 4r..4r+3 as a nibble */
-                    qh[z][0] |= (uint64_t)((h >> (4 * z)) & 0xfu) << (4 * r);
-                    qh[z][1] |= (uint64_t)((h >> (16 + 4 * z)) & 0xfu) << (4 * r);
+                    fifth.masks[z][0] |= (uint64_t)((h >> (4 * z)) & 0xfu) << (4 * r);
+                    fifth.masks[z][1] |= (uint64_t)((h >> (16 + 4 * z)) & 0xfu) << (4 * r);
                 }
         }
     }
-    if (rwkvx_packed_has_qh(type)) {
-        if (layout == RWKVX_LAYOUT_PACKED16_PLANES)
-            memcpy(column + regions->qh, planes, sizeof planes);
-        else
-            memcpy(column + regions->qh, qh, sizeof qh);
-    }
+    if (rwkvx_packed_has_qh(type)) memcpy(column + regions->qh, &fifth, sizeof fifth);
 }
 
 void rwkvx_pack_groups(const void *src, int type, int64_t n_in, int64_t n_rows, int layout, void *dst,
