@@ -7,10 +7,12 @@ load time are its own), times:
   prefill  tokens/s for one call of 128 and of 512 tokens (the median call of at least PREFILL_MIN_SECONDS)
   8-seq    aggregate tokens/s of 8 sequences decoding together (Model.forward_batch, with logits)
   load     seconds of rwkvx.load with its defaults (on AVX2 and AVX-512: one pass packing the quantized
-           weights, plus the disk reads of a file not in the page cache; pack=False maps the file in
-           milliseconds) and the
+           weights, plus the disk reads of a file not in the page cache) and the
            process's peak RSS (VmHWM of the child itself: ru_maxrss would also count the parent's probe
            buffer, which Linux carries across exec)
+  mmap     seconds of rwkvx.load(path, pack=False), which maps the file and reads only its tensor table
+           and vectors, in another fresh process: first with the file's pages dropped from the page
+           cache (posix_fadvise DONTNEED; "cold", first imports included), then again ("warm")
 and prints them beside the bound: bytes read per token / bandwidth, and the ratio decode / bound
 (1.00 = streaming weights at the measured bandwidth). The bandwidth is measured for each model on a
 buffer as large as the bytes one token reads (capped at 1 GiB), streamed again and again as decoding
@@ -247,6 +249,30 @@ def measure_one(path: str, threads: int, n_tokens: int) -> dict:
     return out
 
 
+def measure_mmap_load(path: str) -> dict:
+    """Seconds of rwkvx.load(path, pack=False) with the file not in the page cache, then in it; run in
+    its own process. Cold is None where the OS cannot be asked to drop a file's pages."""
+    import rwkvx
+
+    cold = None
+    if hasattr(os, "posix_fadvise"):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # clean, unmapped pages: all of them here
+        finally:
+            os.close(fd)
+        start = time.perf_counter()
+        rwkvx.load(path, pack=False)
+        cold = time.perf_counter() - start
+    start = time.perf_counter()
+    rwkvx.load(path, pack=False)
+    return {"cold_s": cold, "warm_s": time.perf_counter() - start}
+
+
+def run_child(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+
+
 def rwkv_pypi_note() -> str:
     import importlib.util
 
@@ -262,6 +288,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="default: physical cores")
     parser.add_argument("--tokens", type=int, default=32, help="decode steps timed per file")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one file, print JSON
+    parser.add_argument("--mmap-load", help=argparse.SUPPRESS)  # internal: time its mapped load, print JSON
     args = parser.parse_args(argv)
 
     from rwkvx.cpu import cpu_info, physical_cores
@@ -270,13 +297,16 @@ def main(argv=None) -> int:
     if args.one:
         print(json.dumps(measure_one(args.one, threads, args.tokens)))
         return 0
+    if args.mmap_load:
+        print(json.dumps(measure_mmap_load(args.mmap_load)))
+        return 0
 
     info = cpu_info()
     print(f"# {info['model_name']}, {info['physical_cores']} cores; kernels {info['active']}; threads {threads}")
     print(f"# memory read bandwidth: {threads} threads, measured per model on a buffer of its bytes per token "
           f"(at most {BANDWIDTH_BUFFER_MAX_BYTES >> 20} MiB); column 'probe GB/s'")
     print(f"# {rwkv_pypi_note()}")
-    header = ("model", "type", "MB/tok", "load s", "RSS MB", "ms/tok", "ms/tok nolog", "pf128 t/s", "pf512 t/s",
+    header = ("model", "type", "MB/tok", "load s", "RSS MB", "mmap s cold/warm", "ms/tok", "ms/tok nolog", "pf128 t/s", "pf512 t/s",
               "8-seq t/s", "GB/s", "probe GB/s", "bound ms", "ratio", "paired")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
@@ -285,19 +315,21 @@ def main(argv=None) -> int:
             path = ensure_model(model, data_type, log=lambda m: print(f"# {m}", file=sys.stderr))
             per_token = bytes_read_per_token(path)
             bandwidth_before = measure_read_bandwidth(threads, per_token)
-            result = subprocess.run([sys.executable, __file__, "--one", str(path), "--threads", str(threads),
-                                     "--tokens", str(args.tokens)], capture_output=True, text=True)
-            if result.returncode != 0:
-                print(f"| {model} | {data_type} | failed: {result.stderr.strip().splitlines()[-1:]} |")
+            mapped = run_child("--mmap-load", str(path))
+            result = run_child("--one", str(path), "--threads", str(threads), "--tokens", str(args.tokens))
+            failed = next((r for r in (mapped, result) if r.returncode != 0), None)
+            if failed is not None:
+                print(f"| {model} | {data_type} | failed: {failed.stderr.strip().splitlines()[-1:]} |")
                 continue
-            r = json.loads(result.stdout)
+            r, m = json.loads(result.stdout), json.loads(mapped.stdout)
+            cold = "n/a" if m["cold_s"] is None else f"{m['cold_s']:.3f}"
             # the best probe, before, during and after the model's run: the machine's bandwidth, not a busy
             # moment's
             bandwidth = max(bandwidth_before, r["probe_gbs"], measure_read_bandwidth(threads, per_token))
             bound_ms = per_token / (bandwidth * 1e9) * 1e3
             streamed = per_token / (r["ms_logits"] / 1e3) / 1e9  # GB/s of weights, logits included
             row = (model, data_type, f"{per_token / 1e6:.0f}", f"{r['load_s']:.3f}", f"{r['peak_rss_mb']:.0f}",
-                   f"{r['ms_logits']:.2f}", f"{r['ms_no_logits']:.2f}", f"{r['prefill_128']:.0f}",
+                   f"{cold}/{m['warm_s']:.3f}", f"{r['ms_logits']:.2f}", f"{r['ms_no_logits']:.2f}", f"{r['prefill_128']:.0f}",
                    f"{r['prefill_512']:.0f}", f"{r['batch_tps']:.0f}", f"{streamed:.1f}", f"{bandwidth:.1f}",
                    f"{bound_ms:.2f}", f"{r['ms_logits'] / bound_ms:.2f}", f"{r['paired_ratio']:.2f}")
             print("| " + " | ".join(row) + " |", flush=True)

@@ -33,6 +33,7 @@ MAGIC = 0x67676D66
 VERSION_0, VERSION_1 = 100, 101
 HEADER = struct.Struct("<6I")
 MAX_KEY_LENGTH = 4096
+MAX_PREDICTED_RECORDS = 1 << 14  # records prefetched ahead of the table's reading (a real model has < 4000)
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ class RwkvCppFile:
 
     def _read_tensor_table(self) -> dict[str, TensorInfo]:
         tensors: dict[str, TensorInfo] = {}
+        layer_1: list[int] | None = []  # record offsets of layer 1 until layer 2 begins, then None
         pos = HEADER.size
         while pos < self.size:
             record = pos
@@ -173,7 +175,23 @@ class RwkvCppFile:
                 raise ModelFormatError(f"{self.path}: {where} appears twice")
             tensors[name] = TensorInfo(name, ttype, tuple(ne), pos, nbytes)
             pos += nbytes
+            # Each record's place is known only once the one before it is read: a page fault each, each
+            # waiting on the disk when the file is not cached (~1 s for the 675 records of a 1.5 GB file).
+            # Once layer 1 is read, the places of the later layers' records are guessed from it and asked
+            # for all at once, so the disk reads them side by side (~0.1 s).
+            if layer_1 is not None and name.startswith("blocks.1."):
+                layer_1.append(record)
+            elif layer_1 and name.startswith("blocks.2."):
+                self._prefetch_pages(predicted_record_offsets(layer_1, record, self.header.n_layer, self.size))
+                layer_1 = None
         return tensors
+
+    def _prefetch_pages(self, offsets: list[int]) -> None:
+        """Start reading the pages at these file offsets (and the next page: a record may cross one)."""
+        advice, page = getattr(mmap, "MADV_WILLNEED", None), mmap.PAGESIZE
+        for offset in offsets:
+            begin = offset // page * page
+            self._advise(advice, begin, min(2 * page, self.size - begin))
 
     def raw(self, name: str) -> np.ndarray:
         """The tensor's bytes, as a read-only uint8 view into the mapped file."""
@@ -187,6 +205,20 @@ class RwkvCppFile:
         if info.type.name == "FP32" and info.offset % 4 == 0:
             return raw.view("<f4").reshape(info.shape)
         return dequantize(raw, info.type.name, info.n_elements).reshape(info.shape)
+
+    def _advise(self, advice: int | None, begin: int = 0, length: int = 0) -> None:
+        """madvise on bytes [begin, begin + length) of the mapping (length 0: to its end) where the
+        platform has it; only ever a hint, so it is skipped where missing."""
+        if advice is not None and hasattr(self._mmap, "madvise"):
+            self._mmap.madvise(advice, begin, length)
+
+    def prefetch(self, name: str) -> None:
+        """Ask the OS to start reading the tensor's pages now, without waiting for them: requests for
+        many tensors at once go to the disk together instead of one page fault at a time."""
+        info = self.tensors[name]
+        begin = info.offset // mmap.PAGESIZE * mmap.PAGESIZE
+        if info.nbytes:
+            self._advise(getattr(mmap, "MADV_WILLNEED", None), begin, info.offset + info.nbytes - begin)
 
     def release(self, name: str, begin: int = 0, end: int | None = None) -> None:
         """Hand the pages holding only bytes [begin, end) of this tensor back to the OS (a caller that
@@ -203,6 +235,26 @@ class RwkvCppFile:
         """Drop this object's views; the mapping closes once no array refers to it."""
         self._bytes = None
         self.tensors = {}
+
+
+def predicted_record_offsets(layer_1: list[int], layer_2: int, n_layer: int, file_size: int) -> list[int]:
+    """Where the records of layers 2 .. n_layer - 1 begin, if every layer repeats layer 1's records (the
+    same tensors in the same order and sizes, as every RWKV version has them): layer_1 holds the offsets
+    of layer 1's records, layer_2 that of layer 2's first. Names are those of layer 1 with the layer's
+    number in place of "1", so each record of layer k is len(str(k)) - 1 bytes longer. Only a guess for
+    prefetching: a file laid out otherwise is still read record by record. At most
+    MAX_PREDICTED_RECORDS offsets, all before file_size: a corrupt header's n_layer costs nothing."""
+    first, stride = layer_1[0], layer_2 - layer_1[0]
+    offsets, start = [], layer_2
+    for k in range(2, n_layer):
+        longer = len(str(k)) - 1
+        for j, record in enumerate(layer_1):
+            offset = start + (record - first) + j * longer
+            if offset >= file_size or len(offsets) == MAX_PREDICTED_RECORDS:
+                return offsets
+            offsets.append(offset)
+        start += stride + len(layer_1) * longer
+    return offsets
 
 
 def open_bin(path: str | os.PathLike) -> RwkvCppFile:
