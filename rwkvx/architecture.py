@@ -137,8 +137,11 @@ def infer_shape(shapes: Mapping[str, tuple[int, ...]], path: str = "<model>") ->
     shape = ModelShape(arch, n_vocab, n_embd, n_layer, n_ffn, n_head, head_size, tuple(sorted(lora.items())))
     for name, expected in expected_tensors(shape).items():
         actual = _shape_of(shapes, path, name)
-        # Files disagree on singleton axes of vectors ((C,) vs (1, 1, C)); compare without them.
-        if _squeeze(actual) != _squeeze(expected):
+        # Files disagree on singleton axes of vectors ((C,) vs (1, 1, C)); compare those without them. A
+        # matrix must have its shape exactly: its last axis is the products' row length, so a singleton
+        # axis in the wrong place would make every row one weight long over the same bytes.
+        exact = layer_local_name(name) in MATRIX_TENSORS
+        if (tuple(actual) != tuple(expected)) if exact else (_squeeze(actual) != _squeeze(expected)):
             raise ModelFormatError(
                 f"{path}: tensor {name!r} has shape {tuple(actual)}, expected {expected} for an RWKV "
                 f"{arch} model with n_embd={n_embd}, n_vocab={n_vocab}, n_ffn={n_ffn}"

@@ -153,6 +153,28 @@ def test_tensor_with_the_wrong_shape_for_the_architecture(tmp_path, layout):
         rwkvx.load(write(tmp_path, out))
 
 
+@pytest.mark.parametrize("source, name", [
+    (SOURCE, "head.weight"), (SOURCE, "blocks.0.att.key.weight"), (SOURCE, "blocks.3.ffn.value.weight"),
+    (TINY / "tiny-rwkv-7v0-834K-FP32.bin", "blocks.0.att.w1"),
+])
+@pytest.mark.parametrize("where", ["innermost", "outermost"])
+def test_matrix_with_an_extra_singleton_axis(tmp_path, source, name, where):
+    """The same bytes with one more axis of length 1: innermost (ggml ne = (1, n_in, n_rows)) it would make
+    every row one weight long, so the matrix must have its shape exactly (vectors may differ in singleton
+    axes: files disagree on those)."""
+    f = RwkvCppFile(source)
+    h = f.header
+    out = bytearray(struct.pack("<6I", 0x67676D66, h.version, h.n_vocab, h.n_embd, h.n_layer, h.data_type.id))
+    for tensor, info in f.tensors.items():
+        ne = list(info.ne)
+        if tensor == name:
+            ne = [1] + ne if where == "innermost" else ne + [1]
+        key = tensor.encode()
+        out += struct.pack(f"<3I{len(ne)}I", len(ne), len(key), info.type.id, *ne) + key + bytes(f.raw(tensor))
+    with pytest.raises(ModelFormatError, match=name.replace(".", "[.]")):
+        rwkvx.load(write(tmp_path, out))
+
+
 def test_duplicate_tensor(tmp_path, original, layout):
     info = layout["ln_out.bias"]
     start = record_offset(info)
