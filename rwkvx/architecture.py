@@ -97,41 +97,52 @@ class ModelShape:
         return self.state_floats_per_layer * self.n_layer
 
 
-def _shape_of(shapes: Mapping[str, tuple[int, ...]], path: str, name: str) -> tuple[int, ...]:
+def _shape_of(shapes: Mapping[str, tuple[int, ...]], path: str, name: str, rank: int | None = None
+              ) -> tuple[int, ...]:
+    """The tensor's shape; with rank, it must have that many axes (the dimensions read from it)."""
     try:
-        return shapes[name]
+        shape = shapes[name]
     except KeyError:
         raise MissingTensorError(f"{path}: tensor {name!r} is missing") from None
+    if rank is not None and len(shape) != rank:
+        raise ModelFormatError(f"{path}: tensor {name!r} has shape {tuple(shape)}, expected {rank} axes")
+    return shape
+
+
+def _first_dim(shapes: Mapping[str, tuple[int, ...]], path: str, name: str) -> int:
+    shape = _shape_of(shapes, path, name)
+    if not shape:
+        raise ModelFormatError(f"{path}: tensor {name!r} is a scalar, expected at least one axis")
+    return shape[0]
 
 
 def infer_shape(shapes: Mapping[str, tuple[int, ...]], path: str = "<model>") -> ModelShape:
     """Derive the model's shape from its tensors' NumPy shapes, then check every tensor."""
     arch = detect_arch(shapes)
-    n_vocab, n_embd = _shape_of(shapes, path, "emb.weight")
+    n_vocab, n_embd = _shape_of(shapes, path, "emb.weight", rank=2)
     n_layer = 0
     while f"blocks.{n_layer}.ln1.weight" in shapes:
         n_layer += 1
     if n_layer == 0:
         raise MissingTensorError(f"{path}: tensor 'blocks.0.ln1.weight' is missing (no layers)")
-    n_ffn = _shape_of(shapes, path, "blocks.0.ffn.key.weight")[0]
+    n_ffn = _first_dim(shapes, path, "blocks.0.ffn.key.weight")
     lora: dict[str, int] = {}
     if arch == "v4":
         n_head, head_size = 1, n_embd
     elif arch == "v7":
-        n_head, head_size = _shape_of(shapes, path, "blocks.0.att.r_k")
+        n_head, head_size = _shape_of(shapes, path, "blocks.0.att.r_k", rank=2)
         for name in ("w1", "a1", "g1"):
-            lora[name] = _shape_of(shapes, path, f"blocks.0.att.{name}")[0]
+            lora[name] = _first_dim(shapes, path, f"blocks.0.att.{name}")
         if n_layer > 1:
-            lora["v1"] = _shape_of(shapes, path, "blocks.1.att.v1")[0]
+            lora["v1"] = _first_dim(shapes, path, "blocks.1.att.v1")
     else:
-        decay = _shape_of(shapes, path, "blocks.0.att.time_decay")
-        n_head = decay[0]
+        n_head = _first_dim(shapes, path, "blocks.0.att.time_decay")
         if n_head == 0 or n_embd % n_head:
             raise ModelFormatError(f"{path}: time_decay has {n_head} heads, which does not divide n_embd {n_embd}")
         head_size = n_embd // n_head
         if arch == "v6":
-            lora["time_maa_w1"] = _shape_of(shapes, path, "blocks.0.att.time_maa_w1")[0] // 5
-            lora["time_decay_w1"] = _shape_of(shapes, path, "blocks.0.att.time_decay_w1")[0]
+            lora["time_maa_w1"] = _first_dim(shapes, path, "blocks.0.att.time_maa_w1") // 5
+            lora["time_decay_w1"] = _first_dim(shapes, path, "blocks.0.att.time_decay_w1")
     if n_head * head_size != n_embd:
         raise ModelFormatError(f"{path}: {n_head} heads of size {head_size} do not make n_embd {n_embd}")
     shape = ModelShape(arch, n_vocab, n_embd, n_layer, n_ffn, n_head, head_size, tuple(sorted(lora.items())))

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Iterable, Iterator, Sequence
 
 from .errors import TokenError
+from .token_ids import checked_token_ids
 from .sampling import SAMPLING_KEYS, Sampler, SamplingError
 
 DEFAULT_MAX_TOKENS = 200
@@ -137,9 +138,10 @@ def generate(model, prompt: str | bytes | Sequence[int], max_tokens: int = DEFAU
     if isinstance(prompt, (str, bytes, bytearray)):
         prompt_ids = list(tokenizer.encode(prompt))
     else:
-        prompt_ids = [int(t) for t in prompt]
+        prompt_ids = list(prompt)
     if not prompt_ids:
         raise TokenError("the prompt is empty: generation needs at least one token to start from")
+    prompt_ids = checked_token_ids(prompt_ids, model.n_vocab).tolist()
     stop_strings = [stop] if isinstance(stop, str) else list(stop or ())
     return Generation(model, prompt_ids, max_tokens, tokenizer, state, sampler or Sampler(**sampling),
                       stop_tokens, stop_strings)

@@ -13,6 +13,7 @@ from .architecture import (MATRIX_TENSORS, ModelShape, canonical_vector, default
 from .errors import BackendError, ModelFormatError, StateError, TokenError
 from .formats.rwkvcpp import RwkvCppFile
 from .state import State
+from .token_ids import checked_token_ids
 
 LOGITS_MODES = (None, "last", "all")
 
@@ -224,16 +225,7 @@ class Model:
         return generate(self, prompt, **kwargs)
 
     def _checked_tokens(self, tokens) -> np.ndarray:
-        ids = np.atleast_1d(np.asarray(tokens))
-        if ids.ndim != 1 or ids.size == 0:
-            raise TokenError(f"tokens must be an int or a non-empty sequence of ints, got shape {ids.shape}")
-        if ids.dtype.kind not in "iu":
-            raise TokenError(f"tokens must be integers, got {ids.dtype}")
-        bad = np.flatnonzero((ids < 0) | (ids >= self.n_vocab))
-        if bad.size:
-            i = int(bad[0])
-            raise TokenError(f"token {int(ids[i])} at position {i} is out of range [0, {self.n_vocab})")
-        return np.ascontiguousarray(ids, dtype=np.int32)
+        return checked_token_ids(tokens, self.n_vocab)
 
 
 def _checked_eps(eps) -> float:

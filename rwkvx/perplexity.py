@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import TokenError
+from .token_ids import checked_token_ids
 
 DEFAULT_CHUNK = 256
 
@@ -73,11 +74,8 @@ def _tokens(model, text_or_tokens, tokenizer) -> np.ndarray:
         ids = tokenizer.encode(text_or_tokens)
     else:
         ids = text_or_tokens
-    tokens = np.asarray(ids)
-    if tokens.size and tokens.dtype.kind not in "iu":
-        raise TokenError(f"tokens must be integers, got {tokens.dtype}")
-    tokens = tokens.astype(np.int64).reshape(-1)
-    if tokens.size < 2:
+    if np.size(ids) < 2:
         raise TokenError(f"perplexity needs at least 2 tokens (one to predict from, one to predict); "
-                         f"got {tokens.size}")
-    return tokens
+                         f"got {np.size(ids)}")
+    # every token, the last one too: it is only ever a target, and -1 would score the vocabulary's last id
+    return checked_token_ids(ids, model.n_vocab)

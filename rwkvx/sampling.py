@@ -115,7 +115,11 @@ class Sampler:
             kept = np.flatnonzero(_softmax(adjusted) > 0.0)  # nothing is cut: no need to order tokens
         else:
             kept = self._kept_tokens(_softmax(adjusted))
-        probs[kept] = _softmax(adjusted[kept] / self.temperature)
+        # the largest logit subtracted before dividing: a temperature so small that logit / temperature
+        # overflows (1e-310) would otherwise give inf - inf = NaN and sample garbage
+        top = adjusted[kept]
+        with np.errstate(over="ignore"):  # far below the largest logit, -inf is the right limit
+            probs[kept] = _softmax((top - top.max()) / self.temperature)
         return probs
 
     def _kept_tokens(self, probs: np.ndarray) -> np.ndarray:

@@ -153,6 +153,18 @@ def test_tensor_with_the_wrong_shape_for_the_architecture(tmp_path, layout):
         rwkvx.load(write(tmp_path, out))
 
 
+def rebuilt(source, reshape):
+    """source's records rewritten, each tensor's ne given by reshape(name, ne), its bytes unchanged."""
+    f = RwkvCppFile(source)
+    h = f.header
+    out = bytearray(struct.pack("<6I", 0x67676D66, h.version, h.n_vocab, h.n_embd, h.n_layer, h.data_type.id))
+    for tensor, info in f.tensors.items():
+        ne = reshape(tensor, list(info.ne))
+        key = tensor.encode()
+        out += struct.pack(f"<3I{len(ne)}I", len(ne), len(key), info.type.id, *ne) + key + bytes(f.raw(tensor))
+    return out
+
+
 @pytest.mark.parametrize("source, name", [
     (SOURCE, "head.weight"), (SOURCE, "blocks.0.att.key.weight"), (SOURCE, "blocks.3.ffn.value.weight"),
     (TINY / "tiny-rwkv-7v0-834K-FP32.bin", "blocks.0.att.w1"),
@@ -162,17 +174,33 @@ def test_matrix_with_an_extra_singleton_axis(tmp_path, source, name, where):
     """The same bytes with one more axis of length 1: innermost (ggml ne = (1, n_in, n_rows)) it would make
     every row one weight long, so the matrix must have its shape exactly (vectors may differ in singleton
     axes: files disagree on those)."""
-    f = RwkvCppFile(source)
-    h = f.header
-    out = bytearray(struct.pack("<6I", 0x67676D66, h.version, h.n_vocab, h.n_embd, h.n_layer, h.data_type.id))
-    for tensor, info in f.tensors.items():
-        ne = list(info.ne)
-        if tensor == name:
-            ne = [1] + ne if where == "innermost" else ne + [1]
-        key = tensor.encode()
-        out += struct.pack(f"<3I{len(ne)}I", len(ne), len(key), info.type.id, *ne) + key + bytes(f.raw(tensor))
+    def extra_axis(tensor, ne):
+        if tensor != name:
+            return ne
+        return [1] + ne if where == "innermost" else ne + [1]
+
+    out = rebuilt(source, extra_axis)
     with pytest.raises(ModelFormatError, match=name.replace(".", "[.]")):
         rwkvx.load(write(tmp_path, out))
+
+
+@pytest.mark.parametrize("source, name, new_ne", [
+    (SOURCE, "emb.weight", lambda ne: ne + [1]),  # 3 axes where 2 are read as (n_vocab, n_embd)
+    (TINY / "tiny-rwkv-7v0-834K-FP32.bin", "blocks.0.att.r_k", lambda ne: [ne[0] * ne[1]]),  # (n_head, S)
+])
+def test_a_tensor_whose_dimensions_are_read_must_have_their_number(tmp_path, source, name, new_ne):
+    data = rebuilt(source, lambda tensor, ne: new_ne(ne) if tensor == name else ne)
+    with pytest.raises(ModelFormatError, match=rf"{name.replace('.', '[.]')}.*expected 2 axes"):
+        rwkvx.load(write(tmp_path, data))
+
+
+def test_dimensions_whose_product_overflows_int64(tmp_path, original, layout):
+    """2**32-1 squared and more: Python ints, so the size is huge rather than negative, and refused."""
+    info = layout["emb.weight"]
+    data = bytearray(original)
+    struct.pack_into("<II", data, record_offset(info) + 12, 2**32 - 1, 2**32 - 1)
+    with pytest.raises(ModelFormatError, match="emb.weight.*needs"):
+        rwkvx.load(write(tmp_path, data))
 
 
 def test_duplicate_tensor(tmp_path, original, layout):

@@ -182,3 +182,13 @@ def test_bad_arguments(model, tokenizer):
         generate(model, "x", tokenizer=tokenizer, sampler=Sampler(), temperature=0.5)
     with pytest.raises(TokenError):
         generate(model, [300], tokenizer=tokenizer).text()
+
+
+@pytest.mark.parametrize("prompt", [[65.9, 66.9], ["65", "66"], np.array([65.7, 66.2]), [True, False],
+                                    [[65, 66]]])
+def test_prompt_ids_are_refused_as_forward_refuses_them(model, tokenizer, prompt):
+    """Not converted: 65.9 read as 65 would be a wrong prompt, not an error."""
+    with pytest.raises(TokenError):
+        generate(model, prompt, tokenizer=tokenizer)
+    with pytest.raises(TokenError):
+        model.forward(prompt)

@@ -82,3 +82,11 @@ def test_too_short_or_bad_input():
         perplexity(model, [0.5, 1.5])
     with pytest.raises(ValueError, match="chunk"):
         perplexity(model, [1, 2, 3], chunk=0)
+
+
+@pytest.mark.parametrize("tokens", [[1, 2, -1], [1, 2, 256], [-1, 1, 2], [1, 300, 2]])
+def test_every_token_is_range_checked_the_last_one_too(tokens):
+    """The last token is only ever a target: -1 would silently score the vocabulary's last id."""
+    model = UniformModel()
+    with pytest.raises(TokenError, match="out of range"):
+        perplexity(model, tokens)

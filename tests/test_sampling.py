@@ -44,6 +44,16 @@ def test_temperature_0_is_greedy_even_with_other_filters():
     assert probs[int(np.argmax(logits))] == 1.0 and probs.sum() == 1.0
 
 
+@pytest.mark.parametrize("temperature", [1e-300, 1e-310, 5e-324])
+def test_a_tiny_temperature_is_greedy_not_nan(temperature):
+    """logit / temperature overflows to inf below ~1e-308; the distribution must still be one-hot."""
+    logits = random_logits(2)
+    sampler = Sampler(temperature=temperature, seed=1)
+    probs = sampler.probabilities(logits)
+    assert np.isfinite(probs).all() and probs[int(np.argmax(logits))] == 1.0
+    assert sampler.sample(logits) == int(np.argmax(logits))
+
+
 @pytest.mark.parametrize("k", [2, 5, 40, N_VOCAB])
 def test_top_k_keeps_the_k_most_likely_renormalized(k):
     logits = random_logits(k)

@@ -13,6 +13,7 @@ Every length and offset is checked against the file size before use.
 """
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import struct
@@ -51,7 +52,7 @@ class TensorInfo:
 
     @property
     def n_elements(self) -> int:
-        return int(np.prod(self.ne, dtype=np.int64))
+        return math.prod(self.ne)
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ class RwkvCppFile:
                     f"{self.path}: {where} of type {ttype.name} has rows of {ne[0]} elements, "
                     f"not a multiple of the block size {ttype.block_size}"
                 )
-            n_elements = int(np.prod(ne, dtype=np.int64))
+            n_elements = math.prod(ne)  # Python ints: three uint32 dimensions overflow int64
             nbytes = ttype.nbytes(n_elements)
             if pos + nbytes > self.size:
                 raise ModelFormatError(
