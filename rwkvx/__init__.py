@@ -5,6 +5,7 @@
     logits, state = model.forward([1, 2, 3])
 """
 from .errors import (
+    ArgumentError,
     BackendError,
     MissingDependencyError,
     MissingTensorError,
@@ -58,7 +59,7 @@ def __getattr__(name):
     return getattr(importlib.import_module(module, __name__), attribute)
 
 
-__all__ = ["BackendError", "GPUUnavailableError", "MissingDependencyError", "MissingTensorError", "Model",
+__all__ = ["ArgumentError", "BackendError", "GPUUnavailableError", "MissingDependencyError", "MissingTensorError", "Model",
            "ModelFormatError", "Offload", "RWKVError", "Sampler", "SamplingError", "State", "StateError",
            "TokenError", "Tokenizer", "VocabError", "convert", "cpu_info", "generate", "load", "load_state",
            "perplexity", "quantize", "save_state"]

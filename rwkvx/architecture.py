@@ -10,7 +10,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from .errors import MissingTensorError, ModelFormatError
+from .errors import ArgumentError, MissingTensorError, ModelFormatError
 
 ARCHITECTURES = ("v4", "v5.1", "v5.2", "v6", "v7")
 
@@ -36,7 +36,7 @@ CONVENTIONS = ("official", "rwkv.cpp")
 def default_group_norm_eps(arch: str, convention: str) -> float:
     """The ln_x epsilon a model runs with by default: as the implementation its file was made for."""
     if convention not in CONVENTIONS:
-        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+        raise ArgumentError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
     if convention == "rwkv.cpp" and arch in ("v5.1", "v5.2"):
         return GROUP_NORM_EPS_RWKV_CPP_V5
     return GROUP_NORM_EPS_OFFICIAL

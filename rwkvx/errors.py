@@ -33,5 +33,9 @@ class SamplingError(RWKVError, ValueError):
     """A sampling setting is out of range, or the logits leave nothing to sample."""
 
 
+class ArgumentError(RWKVError, ValueError):
+    """An argument is of the wrong kind or out of its range (logits="ALL", threads=0, ...)."""
+
+
 class BackendError(RWKVError, RuntimeError):
     """A compute backend (CPU kernels, GPU) is unavailable or failed."""

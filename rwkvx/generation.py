@@ -108,6 +108,22 @@ def _held_back(text: str, stop_strings: Sequence[str]) -> int:
     return longest
 
 
+def _checked_stop_strings(stop) -> list[str]:
+    if stop is None:
+        return []
+    strings = [stop] if isinstance(stop, str) else list(stop) if isinstance(stop, Iterable) else None
+    if strings is None or not all(isinstance(s, str) and s for s in strings):
+        raise SamplingError(f"stop must be a non-empty string or a sequence of them, got {stop!r}")
+    return strings
+
+
+def _checked_stop_tokens(stop_tokens, n_vocab: int) -> list[int]:
+    tokens = list(stop_tokens) if isinstance(stop_tokens, Iterable) else None
+    if tokens is None:
+        raise TokenError(f"stop_tokens must be a sequence of token ids, got {stop_tokens!r}")
+    return checked_token_ids(tokens, n_vocab).tolist() if tokens else []
+
+
 def generate(model, prompt: str | bytes | Sequence[int], max_tokens: int = DEFAULT_MAX_TOKENS, tokenizer=None,
              state=None, stop: str | Sequence[str] | None = None, stop_tokens: Iterable[int] = (),
              sampler: Sampler | None = None, **sampling) -> Generation:
@@ -142,6 +158,7 @@ def generate(model, prompt: str | bytes | Sequence[int], max_tokens: int = DEFAU
     if not prompt_ids:
         raise TokenError("the prompt is empty: generation needs at least one token to start from")
     prompt_ids = checked_token_ids(prompt_ids, model.n_vocab).tolist()
-    stop_strings = [stop] if isinstance(stop, str) else list(stop or ())
+    stop_strings = _checked_stop_strings(stop)
+    stop_tokens = _checked_stop_tokens(stop_tokens, model.n_vocab)
     return Generation(model, prompt_ids, max_tokens, tokenizer, state, sampler or Sampler(**sampling),
                       stop_tokens, stop_strings)

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import mmap
 import os
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
 from . import _core
 from .architecture import (MATRIX_TENSORS, ModelShape, canonical_vector, default_group_norm_eps, expected_tensors,
                            infer_shape, layer_local_name)
-from .errors import BackendError, ModelFormatError, StateError, TokenError
+from .errors import ArgumentError, BackendError, ModelFormatError, StateError, TokenError
 from .formats.rwkvcpp import RwkvCppFile
 from .state import State
 from .token_ids import checked_token_ids
@@ -44,9 +44,11 @@ class Model:
         self.group_norm_eps = (default_group_norm_eps(self.shape.arch, source.convention)
                                if group_norm_eps is None else _checked_eps(group_norm_eps))
         self._check_header(source)
-        self._core = self._build_core(source, self.shape, self.threads, self.group_norm_eps)
         from .offload import Offload  # policy objects only: never imports pycuda
 
+        if offload is not None and not isinstance(offload, Offload):
+            raise ArgumentError(f"offload must be an rwkvx.Offload policy or None, got {offload!r}")
+        self._core = self._build_core(source, self.shape, self.threads, self.group_norm_eps)
         self.offload_plan = (offload if offload is not None else Offload()).plan(self)
         self._runner = self.offload_plan.open(self)  # None when everything runs on the CPU
         self.packed_bytes = self._pack_cpu_matrices() if _resolve_pack(pack) else 0
@@ -164,7 +166,7 @@ class Model:
         it is updated and returned (no copy: for hot decoding loops).
         """
         if logits not in LOGITS_MODES:
-            raise ValueError(f"logits must be one of {LOGITS_MODES}, got {logits!r}")
+            raise ArgumentError(f"logits must be one of {LOGITS_MODES}, got {logits!r}")
         ids = self._checked_tokens(tokens)
         if state is None:
             state = self.new_state()
@@ -194,8 +196,8 @@ class Model:
         if self._runner is not None:
             raise BackendError("forward_batch runs on the CPU only for now; load the model without offload")
         if not isinstance(logits, bool):
-            raise ValueError(f"logits must be True or False, got {logits!r}")
-        if isinstance(tokens, (int, np.integer)) or isinstance(states, State):
+            raise ArgumentError(f"logits must be True or False, got {logits!r}")
+        if isinstance(tokens, (int, np.integer)) or isinstance(states, State) or not isinstance(states, Iterable):
             raise TokenError("forward_batch takes a sequence of tokens and a sequence of states, one per sequence")
         ids = self._checked_tokens(tokens)
         states = list(states)
@@ -230,7 +232,7 @@ class Model:
 
 def _checked_eps(eps) -> float:
     if not isinstance(eps, (int, float)) or not 0 < eps < 1:
-        raise ValueError(f"group_norm_eps must be a number in (0, 1), got {eps!r}")
+        raise ArgumentError(f"group_norm_eps must be a number in (0, 1), got {eps!r}")
     return float(eps)
 
 
@@ -240,7 +242,7 @@ def _resolve_threads(threads: int | None) -> int:
 
         return physical_cores()
     if not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+        raise ArgumentError(f"threads must be a positive int or None, got {threads!r}")
     return threads
 
 
@@ -258,7 +260,7 @@ def _resolve_pack(pack: bool | None) -> bool:
     if pack is None:
         return _core.active_prefers_packed()
     if not isinstance(pack, bool):
-        raise ValueError(f"pack must be True, False or None, got {pack!r}")
+        raise ArgumentError(f"pack must be True, False or None, got {pack!r}")
     return pack
 
 

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .errors import TokenError
+from .errors import ArgumentError, TokenError
 from .token_ids import checked_token_ids
 
 DEFAULT_CHUNK = 256
@@ -39,7 +39,7 @@ def evaluate(model, text_or_tokens: str | bytes | Sequence[int], chunk: int = DE
     """
     tokens = _tokens(model, text_or_tokens, tokenizer)
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise ValueError(f"chunk must be an int >= 1, got {chunk!r}")
+        raise ArgumentError(f"chunk must be an int >= 1, got {chunk!r}")
     # The last token is never fed: nothing after it is predicted.
     fed = tokens[:-1]
     targets = tokens[1:]

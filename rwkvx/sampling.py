@@ -60,7 +60,9 @@ class Sampler:
         self.alpha_presence = float(alpha_presence)
         self.alpha_frequency = float(alpha_frequency)
         self.alpha_decay = float(alpha_decay)
-        self.logit_bias = {int(k): float(v) for k, v in (logit_bias or {}).items()}
+        self.logit_bias = _checked_logit_bias(logit_bias)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+            raise SamplingError(f"seed must be an int >= 0 or None, got {seed!r}")
         self.seed = seed
         self._rng = np.random.default_rng(seed)
         self.occurrence: dict[int, float] = {}  # token id -> decayed count
@@ -86,6 +88,8 @@ class Sampler:
         logits = np.asarray(logits)
         if logits.ndim != 1 or logits.size == 0:
             raise SamplingError(f"logits must be a non-empty 1-D array, got shape {logits.shape}")
+        if logits.dtype.kind not in "fiu":
+            raise SamplingError(f"logits must be numbers, got {logits.dtype}")
         out = logits.astype(np.float64)  # always a copy
         n_vocab = out.size
         for token, bias in self.logit_bias.items():
@@ -174,6 +178,22 @@ def _most_probable_first(probs: np.ndarray, width: int) -> np.ndarray:
     threshold = np.partition(probs, probs.size - width)[probs.size - width]
     candidates = np.flatnonzero(probs >= threshold)
     return candidates[np.lexsort((candidates, -probs[candidates]))]
+
+
+def _checked_logit_bias(logit_bias) -> dict[int, float]:
+    if logit_bias is None:
+        return {}
+    if not isinstance(logit_bias, Mapping):
+        raise SamplingError(f"logit_bias must be a mapping {{token id: value}}, got {type(logit_bias).__name__}")
+    out = {}
+    for token, bias in logit_bias.items():
+        if isinstance(token, bool) or not isinstance(token, (int, np.integer)):
+            raise SamplingError(f"logit_bias keys must be token ids (ints), got {token!r}")
+        try:
+            out[int(token)] = float(bias)
+        except (TypeError, ValueError):
+            raise SamplingError(f"logit_bias[{token}] must be a number, got {bias!r}") from None
+    return out
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

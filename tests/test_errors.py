@@ -258,7 +258,27 @@ def test_bad_logits_mode(model):
         model.forward([1], logits="first")
 
 
+@pytest.mark.parametrize("call, match", [
+    (lambda m: m.forward([1], logits="ALL"), "logits must be one of"),
+    (lambda m: m.forward_batch([1], [None], logits="all"), "logits must be True or False"),
+    (lambda m: rwkvx.load(m.path, threads=0), "threads"),
+    (lambda m: rwkvx.load(m.path, pack="yes"), "pack"),
+    (lambda m: rwkvx.load(m.path, offload=5), "offload must be an rwkvx.Offload"),
+    (lambda m: rwkvx.load(m.path, group_norm_eps=2.0), "group_norm_eps"),
+    (lambda m: rwkvx.perplexity(m, [1, 2], chunk=0), "chunk"),
+])
+def test_bad_arguments_raise_an_rwkvx_error_that_is_a_value_error(model, call, match):
+    with pytest.raises(rwkvx.ArgumentError, match=match) as raised:
+        call(model)
+    assert isinstance(raised.value, ValueError) and isinstance(raised.value, RWKVError)
+
+
+def test_forward_batch_without_a_sequence_of_states(model):
+    with pytest.raises(TokenError, match="sequence of states"):
+        model.forward_batch([1, 2], None)
+
+
 def test_all_errors_share_a_base_class():
-    for name in ("ModelFormatError", "MissingTensorError", "TokenError", "StateError", "SamplingError",
+    for name in ("ArgumentError", "ModelFormatError", "MissingTensorError", "TokenError", "StateError", "SamplingError",
                  "BackendError", "VocabError", "MissingDependencyError", "GPUUnavailableError"):
         assert issubclass(getattr(rwkvx, name), RWKVError), name

@@ -184,6 +184,15 @@ def test_bad_arguments(model, tokenizer):
         generate(model, [300], tokenizer=tokenizer).text()
 
 
+@pytest.mark.parametrize("kwargs, error", [
+    ({"stop": 5}, rwkvx.SamplingError), ({"stop": [""]}, rwkvx.SamplingError), ({"stop": ["ok", 3]}, rwkvx.SamplingError),
+    ({"stop_tokens": ["x"]}, TokenError), ({"stop_tokens": [300]}, TokenError), ({"stop_tokens": 5}, TokenError),
+])
+def test_bad_stop_conditions(model, tokenizer, kwargs, error):
+    with pytest.raises(error):
+        generate(model, "x", tokenizer=tokenizer, **kwargs)
+
+
 @pytest.mark.parametrize("prompt", [[65.9, 66.9], ["65", "66"], np.array([65.7, 66.2]), [True, False],
                                     [[65, 66]]])
 def test_prompt_ids_are_refused_as_forward_refuses_them(model, tokenizer, prompt):

@@ -196,6 +196,8 @@ def test_samples_follow_the_distribution():
 @pytest.mark.parametrize("kwargs", [
     {"temperature": -0.1}, {"top_p": 1.5}, {"top_p": float("nan")}, {"top_k": -1}, {"top_k": 1.5},
     {"min_p": 2.0}, {"alpha_decay": 1.5}, {"temperature": "hot"},
+    {"logit_bias": {"a": 1}}, {"logit_bias": {1: "x"}}, {"logit_bias": [1, 2]}, {"logit_bias": {True: 1.0}},
+    {"seed": -1}, {"seed": 1.5}, {"seed": "7"},
 ])
 def test_bad_controls_raise_a_clear_error(kwargs):
     with pytest.raises(SamplingError) as info:
@@ -213,6 +215,8 @@ def test_bad_logits_raise_a_clear_error():
         Sampler(logit_bias={300: 1.0}).sample(np.zeros(N_VOCAB))
     with pytest.raises(SamplingError, match="1-D"):
         Sampler().sample(np.zeros((2, 3)))
+    with pytest.raises(SamplingError, match="numbers"):
+        Sampler().sample(np.array(["a", "b"]))
 
 
 def _kept_by_full_sort(sampler, probs):
