@@ -14,7 +14,7 @@ class MissingTensorError(ModelFormatError):
 
 
 class TokenError(RWKVError, ValueError):
-    """A token id is outside [0, n_vocab)."""
+    """A token id is not an integer or is outside [0, n_vocab), or a text cannot be tokenized."""
 
 
 class VocabError(RWKVError, ValueError):

@@ -18,7 +18,9 @@ File format (version 1). All integers little-endian, no padding between fields:
         96     -  state data: state_len float32, rwkv.cpp's state layout (rwkvx/reference/state.py)
 
 load_state() refuses (StateError) a file whose magic, version, size or checksum is
-wrong, or whose architecture, shapes or fingerprint differ from the model's.
+wrong, or whose architecture, shapes or fingerprint differ from the model's; it reads
+the header first, so a wrong file is refused without being read whole. Both functions
+also raise StateError, with the OS's reason, when the file cannot be read or written.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ import zlib
 
 import numpy as np
 
+from .architecture import ModelShape
 from .errors import StateError
 from .state import State
 
@@ -84,33 +87,80 @@ def _sample(raw: np.ndarray) -> bytes:
     return b"".join(raw[s:s + FINGERPRINT_WINDOW].tobytes() for s in starts)
 
 
+def _checked_path(path) -> str:
+    """path (str, bytes or os.PathLike) as a str, else StateError."""
+    try:
+        path = os.fsdecode(path)
+    except TypeError:
+        raise StateError(f"a state file path must be a str or os.PathLike, got {type(path).__name__}") from None
+    if "\0" in path:
+        raise StateError(f"state file path {path!r} contains a NUL character")
+    return path
+
+
+def _model_shape(model, what: str) -> ModelShape:
+    """The shape of `model`, or StateError if it is not a model (None, a path, ...)."""
+    shape = getattr(model, "shape", None)
+    if not isinstance(shape, ModelShape):
+        raise StateError(f"{what} needs the rwkvx Model the state belongs to, got {type(model).__name__}")
+    return shape
+
+
 def save_state(state: State, model, path: str | os.PathLike) -> None:
     """Write `state` (which must fit `model`) to `path` in the format above."""
     if not isinstance(state, State):
         raise StateError(f"save_state needs an rwkvx.State, got {type(state).__name__}")
-    state.check_fits(model.shape)
-    s = model.shape
+    s = _model_shape(model, "save_state")
+    path = _checked_path(path)
+    state.check_fits(s)
     data = np.ascontiguousarray(state.data, dtype="<f4").tobytes()
     header = HEADER.pack(MAGIC, FORMAT_VERSION, s.arch.encode("ascii"), s.n_vocab, s.n_embd, s.n_layer, s.n_ffn,
                          s.n_head, s.head_size, s.state_len, model_fingerprint(model), zlib.crc32(data))
-    tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
+    tmp = f"{path}.tmp{os.getpid()}"
     # Write beside the target and rename, so an interrupted save never leaves a half-written state.
-    with open(tmp, "wb") as f:
-        f.write(header)
-        f.write(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(header)
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass  # never created, or already gone
+        raise StateError(f"{path}: cannot write state file: {e.strerror or e}") from e
 
 
 def load_state(path: str | os.PathLike, model) -> State:
     """Read a state saved by save_state; raises StateError unless it belongs to `model`."""
-    path = os.fspath(path)
-    with open(path, "rb") as f:
-        blob = f.read()
-    if len(blob) < HEADER.size or not blob.startswith(MAGIC):
+    path = _checked_path(path)
+    _model_shape(model, "load_state")
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            header = f.read(HEADER.size)
+            expected = _check_header(path, header, size, model)
+            payload = f.read(expected)
+    except OSError as e:
+        raise StateError(f"{path}: cannot read state file: {e.strerror or e}") from e
+    if len(payload) != expected:  # the file shrank while being read
+        raise StateError(f"{path}: file has {HEADER.size + len(payload)} bytes, expected {HEADER.size + expected}; "
+                         "truncated or corrupt")
+    crc = HEADER.unpack_from(header)[-1]
+    if zlib.crc32(payload) != crc:
+        raise StateError(f"{path}: state data checksum mismatch (file corrupt)")
+    data = np.frombuffer(payload, dtype="<f4").astype(np.float32)  # a writable native copy
+    return State(data, model.shape, owner=model)
+
+
+def _check_header(path: str, header: bytes, size: int, model) -> int:
+    """Raise StateError unless `header` (the file's first bytes) is a state of `model` and the file's size
+    (`size`, from the OS) fits it. Returns the number of state data bytes that follow the header."""
+    if len(header) < HEADER.size or not header.startswith(MAGIC):
         raise StateError(f"{path}: not an rwkvx state file (expected magic {MAGIC!r} and a {HEADER.size}-byte "
-                         f"header; file has {len(blob)} bytes)")
+                         f"header; file has {size} bytes)")
     (_, version, arch, n_vocab, n_embd, n_layer, n_ffn, n_head, head_size, state_len, fingerprint,
-     crc) = HEADER.unpack_from(blob)
+     _) = HEADER.unpack_from(header)
     if version != FORMAT_VERSION:
         raise StateError(f"{path}: state file format version {version}; this rwkvx reads version {FORMAT_VERSION}")
     saved = {"arch": arch.rstrip(b"\0").decode("ascii", "replace"), "n_vocab": n_vocab, "n_embd": n_embd,
@@ -123,12 +173,7 @@ def load_state(path: str | os.PathLike, model) -> State:
         raise StateError(f"{path}: state was saved from a model with the same shape but different weights "
                          f"(fingerprint {fingerprint.hex()[:16]}..., this model "
                          f"{model_fingerprint(model).hex()[:16]}...); load it with the model it came from")
-    expected = HEADER.size + 4 * state_len
-    if state_len != s.state_len or len(blob) != expected:
-        raise StateError(f"{path}: file has {len(blob)} bytes, expected {HEADER.size + 4 * s.state_len} "
+    if state_len != s.state_len or size != HEADER.size + 4 * s.state_len:
+        raise StateError(f"{path}: file has {size} bytes, expected {HEADER.size + 4 * s.state_len} "
                          f"({s.state_len} float32 after the header); truncated or corrupt")
-    payload = blob[HEADER.size:]
-    if zlib.crc32(payload) != crc:
-        raise StateError(f"{path}: state data checksum mismatch (file corrupt)")
-    data = np.frombuffer(payload, dtype="<f4").astype(np.float32)  # a writable native copy
-    return State(data, s, owner=model)
+    return 4 * s.state_len

@@ -18,9 +18,12 @@ import ast
 import codecs
 import functools
 import json
+import operator
 import threading
 from pathlib import Path
 from typing import Callable, Iterable
+
+import numpy as np
 
 from rwkvx.errors import BackendError, MissingDependencyError, TokenError, VocabError
 
@@ -32,6 +35,28 @@ WORLD_N_VOCAB = 65536  # World models' embedding rows; the file uses ids 1..6552
 NEOX20B_N_VOCAB = 50277
 BYTES_N_VOCAB = 256
 END_OF_TEXT_ID = 0     # World: not in the vocabulary file; decodes to no bytes
+
+# A vocabulary's table is a list indexed by token id, so it has (largest id + 1) slots however few
+# tokens the file lists. Real vocabularies are dense (World: ids 1..65529, 20B: 0..50276), so a table
+# is refused when it would be more than twice as long as the number of tokens, or MAX_SPARSE_TABLE
+# slots, whichever is more: its memory then stays proportional to the file's own content (at most
+# 8 bytes per empty slot, against ~40 per token already held), while small hand-made vocabularies may
+# still use sparse ids (a table of 2**20 slots is 8 MiB). Without a bound one 20-byte line,
+# `1000000000 'ab' 2`, would cost 8 GB. A model's padded n_vocab (65536 for World's 65529 ids) fits.
+MAX_SPARSE_TABLE = 1 << 20
+
+
+def _max_table_size(n_tokens: int) -> int:
+    """The most id slots a vocabulary of n_tokens tokens may have (see MAX_SPARSE_TABLE)."""
+    return max(2 * n_tokens, MAX_SPARSE_TABLE)
+
+
+def _check_dense(what: str, largest_id: int, n_tokens: int) -> None:
+    """Raise VocabError if a table up to largest_id would be implausibly sparse for n_tokens tokens."""
+    if largest_id >= _max_table_size(n_tokens):
+        raise VocabError(f"{what} has token id {largest_id} but only {n_tokens} tokens: ids this sparse "
+                         f"(the largest must be below max(2 * tokens, {MAX_SPARSE_TABLE}) = "
+                         f"{_max_table_size(n_tokens)}) mean a corrupt file")
 
 
 class _Vocab:
@@ -94,8 +119,13 @@ class Tokenizer:
         """A tokenizer from a World-format vocabulary (.txt) or a Hugging Face tokenizer JSON.
 
         The file is read now, to learn its vocabulary size: n_vocab defaults to
-        the largest token id + 1 and may be given larger (models pad it).
+        the largest token id + 1 and may be given larger (models pad it), up to
+        max(2 * tokens in the file, MAX_SPARSE_TABLE). Raises VocabError for a
+        file that cannot be read or is malformed, or whose ids are implausibly sparse.
         """
+        if n_vocab is not None and (isinstance(n_vocab, bool) or not isinstance(n_vocab, (int, np.integer))):
+            raise VocabError(f"n_vocab must be an int or None, got {type(n_vocab).__name__} {n_vocab!r}")
+        n_vocab = None if n_vocab is None else int(n_vocab)
         path = Path(path)
         try:
             with open(path, "rb") as f:
@@ -108,6 +138,10 @@ class Tokenizer:
             n_vocab = file_n_vocab
         elif n_vocab < file_n_vocab:
             raise VocabError(f"{path} has token ids up to {file_n_vocab - 1}, more than n_vocab={n_vocab}")
+        n_tokens = sum(data is not None for data in vocab.token_bytes)
+        if n_vocab > _max_table_size(n_tokens):
+            raise VocabError(f"n_vocab={n_vocab} is too large for {path}, which has {n_tokens} tokens "
+                             f"(at most max(2 * tokens, {MAX_SPARSE_TABLE}) = {_max_table_size(n_tokens)})")
         if n_vocab > file_n_vocab:
             vocab = _Vocab(vocab.token_bytes + [None] * (n_vocab - file_n_vocab), vocab.encode)
         tokenizer = cls(path.name, n_vocab, lambda: vocab)
@@ -126,17 +160,17 @@ class Tokenizer:
     def encode(self, text: str | bytes) -> list[int]:
         """Token ids of text (a str, or bytes for the World and bytes tokenizers)."""
         if not isinstance(text, (str, bytes, bytearray, memoryview)):
-            raise TypeError(f"encode() takes str or bytes, not {type(text).__name__}")
+            raise TokenError(f"encode() takes str or bytes, not {type(text).__name__}")
         return self._loaded().encode(text)
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """The bytes of a sequence of token ids (ints, or a 1-D integer NumPy array).
 
-        Raises TokenError if an id is not a token of this vocabulary.
+        Raises TokenError if an id is not an integer or not a token of this vocabulary.
         """
         table = self._loaded().token_bytes
         n = len(table)
-        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        ids = self._id_list(ids)
         parts = [table[i] if 0 <= i < n else None for i in ids]
         try:
             return b"".join(parts)
@@ -149,8 +183,9 @@ class Tokenizer:
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
     def token_bytes(self, token_id: int) -> bytes:
-        """The bytes of one token. Raises TokenError if token_id is not a token."""
+        """The bytes of one token. Raises TokenError if token_id is not an integer or not a token."""
         table = self._loaded().token_bytes
+        token_id = self._id(token_id)
         if not 0 <= token_id < len(table) or table[token_id] is None:
             raise TokenError(self._bad_id_message(token_id))
         return table[token_id]
@@ -158,6 +193,40 @@ class Tokenizer:
     def stream_decoder(self) -> "StreamDecoder":
         """An incremental decoder: push token ids one at a time, get printable text."""
         return StreamDecoder(self.token_bytes)
+
+    def _id_list(self, ids) -> list[int]:
+        """ids (a 1-D iterable of ints or a 1-D integer array) as a list of Python ints, else TokenError.
+
+        Floats (65.0 too), bools, strings and nested sequences are refused, as Model.forward refuses
+        them: reading 65.9 as 65, or a mask as ids, would be a wrong answer rather than an error.
+        """
+        if isinstance(ids, np.ndarray):
+            if ids.ndim != 1 or ids.dtype.kind not in "iu":
+                raise TokenError(f"token ids must be integers in [0, {self.n_vocab}) in a 1-D sequence; "
+                                 f"got a {ids.dtype} array of shape {ids.shape}")
+            return ids.tolist()
+        if isinstance(ids, str):
+            raise TokenError(f"token ids must be integers in [0, {self.n_vocab}), got the str {ids[:40]!r} "
+                             "(encode() turns text into ids)")
+        try:
+            ids = ids if type(ids) is list else list(ids)
+        except TypeError:
+            raise TokenError(f"token ids must be integers in [0, {self.n_vocab}) in a sequence, got "
+                             f"{type(ids).__name__} {_short_repr(ids)} (for one id use token_bytes())") from None
+        if set(map(type, ids)) <= {int}:  # the common case (plain ints; not bools), checked at C speed
+            return ids
+        return [self._id(i, position) for position, i in enumerate(ids)]
+
+    def _id(self, token_id, position=None) -> int:
+        """token_id as a Python int if it is an integer (int, NumPy integer, 0-d integer array), else TokenError."""
+        if not isinstance(token_id, (bool, np.bool_)):
+            try:
+                return operator.index(token_id)
+            except TypeError:
+                pass
+        where = "" if position is None else f" (position {position})"
+        raise TokenError(f"token ids must be integers in [0, {self.n_vocab}), got {type(token_id).__name__} "
+                         f"{_short_repr(token_id)}{where}")
 
     def _bad_id_message(self, token_id, position=None) -> str:
         where = "" if position is None else f" at position {position}"
@@ -185,6 +254,11 @@ class StreamDecoder:
         text = self._utf8.decode(b"", final=True)
         self._utf8.reset()
         return text
+
+
+def _short_repr(value, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 # ---- vocabularies -----------------------------------------------------------------------
@@ -252,6 +326,7 @@ def _load_world_vocab(path: str, n_vocab: int | None) -> _Vocab:
         raise VocabError(f"cannot read World vocabulary {path}: {e}") from e
     if not by_id:
         raise VocabError(f"World vocabulary {path} has no tokens")
+    _check_dense(f"World vocabulary {path}", max(by_id), len(by_id))
     size = max(by_id) + 1 if n_vocab is None else n_vocab
     if max(by_id) >= size:
         raise VocabError(f"World vocabulary {path} has token id {max(by_id)} >= n_vocab {size}")
@@ -316,14 +391,26 @@ def _load_hf_vocab(path: str) -> _Vocab:
         raise VocabError(f"{path}: only byte-level BPE tokenizers are supported "
                          f"(decoder is {(spec.get('decoder') or {}).get('type')})")
     alphabet = _byte_level_alphabet()
-    table = [None] * hf.get_vocab_size(with_added_tokens=True)
-    for text, token_id in hf.get_vocab(with_added_tokens=False).items():
+    vocab = hf.get_vocab(with_added_tokens=False)
+    added_tokens = spec.get("added_tokens") or []
+    try:
+        added_ids = {added["id"]: b"" if added.get("special") else added["content"].encode("utf-8")
+                     for added in added_tokens}
+    except (TypeError, KeyError, AttributeError, UnicodeEncodeError) as e:
+        raise VocabError(f"{path}: malformed added_tokens entry ({type(e).__name__}: {e})") from None
+    ids = [*vocab.values(), *added_ids]
+    if not ids or not all(type(i) is int and i >= 0 for i in ids):
+        raise VocabError(f"{path}: token ids must be non-negative integers (and there must be some)")
+    # get_vocab_size() counts tokens; the table needs the largest id + 1 slots, bounded like World's.
+    _check_dense(f"tokenizer {path}", max(ids), len(set(ids)))
+    table = [None] * max(max(ids) + 1, hf.get_vocab_size(with_added_tokens=True))
+    for text, token_id in vocab.items():
         if all(c in alphabet for c in text):
             table[token_id] = bytes(alphabet[c] for c in text)
     # Added tokens decode to their own text, except special ones (like
     # <|endoftext|>), which decode to nothing, as tokenizers' decode() does by default.
-    for added in spec.get("added_tokens", []):
-        table[added["id"]] = b"" if added.get("special") else added["content"].encode("utf-8")
+    for token_id, data in added_ids.items():
+        table[token_id] = data
 
     def encode(text):
         if not isinstance(text, str):

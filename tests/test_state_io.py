@@ -1,6 +1,7 @@
 """State files: save -> load -> continue is bit-identical; files from other models or corrupt files are refused."""
 from __future__ import annotations
 
+import re
 import shutil
 import struct
 import zlib
@@ -131,6 +132,83 @@ def test_saving_a_state_of_another_model_is_refused(v7, tmp_path):
         save_state(state.data, v7, tmp_path / "s.bin")
 
 
-def test_missing_file_is_an_os_error(v7, tmp_path):
-    with pytest.raises(FileNotFoundError):
+def test_missing_file_is_a_state_error(v7, tmp_path):
+    with pytest.raises(StateError, match="nope.bin: cannot read state file: No such file"):
         load_state(tmp_path / "nope.bin", v7)
+
+
+# ---- robustness: file system errors, bad arguments, read-only buffers ---------------------------------
+
+
+def test_file_system_errors_and_bad_arguments_are_state_errors(v7, saved, tmp_path):
+    _, path = saved
+    with pytest.raises(StateError, match=r"nope\.bin: cannot read state file: No such file or directory"):
+        rwkvx.State.load(tmp_path / "nope.bin", v7)
+    with pytest.raises(StateError, match=re.escape(f"{tmp_path}: cannot read state file: Is a directory")):
+        rwkvx.State.load(tmp_path, v7)
+    with pytest.raises(StateError, match="needs the rwkvx Model .* got NoneType"):
+        rwkvx.State.load(path, None)
+    with pytest.raises(StateError, match="path must be a str or os.PathLike, got NoneType"):
+        rwkvx.State.load(None, v7)
+    target = tmp_path / "no" / "such" / "dir" / "s.bin"
+    with pytest.raises(StateError, match=r"s\.bin: cannot write state file: No such file or directory") as e:
+        v7.new_state().save(target)
+    assert isinstance(e.value.__cause__, FileNotFoundError)
+    with pytest.raises(StateError, match="needs the rwkvx Model .* got str"):
+        save_state(v7.new_state(), "v7", tmp_path / "s.bin")
+    with pytest.raises(StateError, match="path must be a str or os.PathLike, got int"):
+        v7.new_state().save(3)
+
+
+def test_a_failed_save_leaves_no_partial_file(v7, tmp_path):
+    (tmp_path / "taken").mkdir()  # os.replace cannot put a file over a directory
+    with pytest.raises(StateError, match="cannot write state file"):
+        v7.new_state().save(tmp_path / "taken")
+    assert [p.name for p in tmp_path.iterdir()] == ["taken"]
+
+
+def test_loading_a_big_or_endless_file_reads_only_its_header(v7):
+    """A wrong file is refused from its first 96 bytes, not read whole (/dev/zero never ends)."""
+    with pytest.raises(StateError, match="not an rwkvx state file"):
+        load_state(v7.path, v7)
+    if Path("/dev/zero").exists():
+        with pytest.raises(StateError, match="not an rwkvx state file"):
+            load_state("/dev/zero", v7)
+
+
+def test_read_only_state_buffers_are_refused(v7, tmp_path):
+    """The model writes a state in place: a read-only buffer is a StateError, not Cython's ValueError."""
+    frozen = v7.new_state().data.copy()
+    frozen.setflags(write=False)
+    with pytest.raises(StateError, match="read-only.*writable array.*copy"):
+        rwkvx.State(frozen, v7.shape)
+    mapped = tmp_path / "state.raw"
+    v7.new_state().data.tofile(mapped)
+    with pytest.raises(StateError, match="read-only"):
+        rwkvx.State(np.memmap(mapped, dtype=np.float32, mode="r"), v7.shape)
+    # Made read-only after construction: refused when used, before the kernels see it.
+    s = v7.new_state()
+    s.data.setflags(write=False)
+    for call in (lambda: v7.forward([1], s, inplace=True), lambda: v7.forward_batch([1], [s], inplace=True),
+                 lambda: v7.forward([1], s)):
+        with pytest.raises(StateError, match="read-only"):
+            call()
+    assert s.copy().data.flags.writeable  # the way out the message gives
+    v7.forward([1], s.copy(), inplace=True)
+    # A buffer swapped for one of the wrong size is refused too, not passed on to the kernels.
+    s = v7.new_state()
+    object.__setattr__(s, "_data", np.zeros(3, np.float32))
+    with pytest.raises(StateError, match=rf"shape \({v7.shape.state_len},\)"):
+        v7.forward([1], s, inplace=True)
+
+
+def test_layer_index_errors_are_state_errors(v7):
+    s = v7.new_state()
+    assert s.layer(v7.shape.n_layer - 1).att_xx.shape == (v7.shape.n_embd,)
+    assert s.layer(np.int64(0)).att_xx.shape == (v7.shape.n_embd,)
+    for bad in (v7.shape.n_layer, -1, 99):
+        with pytest.raises(StateError, match=rf"layer {bad} out of range \[0, {v7.shape.n_layer}\)"):
+            s.layer(bad)
+    for bad in (1.5, "1", None):
+        with pytest.raises(StateError, match="layer index must be an int"):
+            s.layer(bad)

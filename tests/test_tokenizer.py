@@ -2,6 +2,7 @@
 published World test ids, 20B against Hugging Face `tokenizers`, bytes, and the
 incremental stream decoder."""
 import ast
+import json
 import random
 import threading
 import unicodedata
@@ -197,8 +198,9 @@ def test_world_edge_inputs(world):
     assert world.decode([]) == ""
     with pytest.raises(TokenError, match="surrogate"):
         world.encode("a\udc80b")
-    with pytest.raises(TypeError):
-        world.encode(123)
+    for not_text in (123, ["a"], np.frombuffer(b"abc", np.uint8), None):
+        with pytest.raises(TokenError, match="encode.. takes str or bytes"):
+            world.encode(not_text)
 
 
 def test_world_concurrent_long_encodes_agree(world, corpus_chunks):
@@ -438,3 +440,69 @@ def test_for_vocab_size_picks_the_tokenizer(n_vocab, name):
 def test_for_vocab_size_refuses_unknown_sizes(n_vocab):
     with pytest.raises(VocabError, match=str(n_vocab)):
         Tokenizer.for_vocab_size(n_vocab)
+
+
+# ---- robustness: sparse vocabularies and ids that are not integers ---------------------------------------
+
+
+def test_sparse_world_vocab_is_refused_before_allocating_its_table(tmp_path):
+    """The id table is a list of max id + 1 slots: one line `1000000000 'ab' 2` must not cost 8 GB.
+    The largest id must be below max(2 * tokens, 2**20) (rwkvx.tokenizer.MAX_SPARSE_TABLE is 2**20)."""
+    MAX_SPARSE_TABLE = 2**20
+    dense_enough = write_vocab(tmp_path / "ok.txt", single_byte_entries() + [(MAX_SPARSE_TABLE - 1, "'ab'", 2)])
+    assert Tokenizer.from_file(dense_enough).n_vocab == MAX_SPARSE_TABLE
+    for token_id in (MAX_SPARSE_TABLE, 10**7):
+        path = write_vocab(tmp_path / f"sparse{token_id}.txt", single_byte_entries() + [(token_id, "'ab'", 2)])
+        with pytest.raises(VocabError, match=rf"token id {token_id} but only 257 tokens.*corrupt"):
+            Tokenizer.from_file(path)
+    with pytest.raises(VocabError, match=r"n_vocab=100000000 is too large for .*v.txt, which has 257 tokens"):
+        Tokenizer.from_file(write_vocab(tmp_path / "v.txt", single_byte_entries()), n_vocab=10**8)
+    with pytest.raises(VocabError, match="n_vocab must be an int"):
+        Tokenizer.from_file(tmp_path / "v.txt", n_vocab="300")
+
+
+def test_sparse_hf_vocab_is_refused(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    bpe = {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+           "end_of_word_suffix": None, "fuse_unk": False, "vocab": {"a": 0, "b": 10**7}, "merges": []}
+    level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    spec = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "normalizer": None,
+            "pre_tokenizer": level, "post_processor": None, "decoder": level, "model": bpe}
+    path = tmp_path / "sparse.json"
+    path.write_text(json.dumps(spec))
+    tokenizers.Tokenizer.from_file(str(path))  # a file `tokenizers` itself accepts
+    with pytest.raises(VocabError, match=r"token id 10000000 but only 2 tokens"):
+        Tokenizer.from_file(path)
+
+
+BAD_ID_SEQUENCES = [[65.0], [None], ["a"], [[1, 2]], [True], [65, 1.5], np.array([[65, 66]]), np.array([65.0]),
+                    np.array([True]), "65", 65, None, np.int64(65)]
+BAD_IDS = [65.0, None, "a", [1, 2], True, np.array([[1, 2]]), np.array([65]), np.float64(65), b"A"]
+
+
+@pytest.mark.parametrize("ids", BAD_ID_SEQUENCES, ids=repr)
+def test_decode_refuses_ids_that_are_not_integers(ids):
+    tok = Tokenizer.bytes()
+    with pytest.raises(TokenError, match=r"integers in \[0, 256\)"):
+        tok.decode(ids)
+    with pytest.raises(TokenError, match=r"integers in \[0, 256\)"):
+        tok.decode_bytes(ids)
+
+
+@pytest.mark.parametrize("token_id", BAD_IDS, ids=repr)
+def test_token_bytes_and_stream_refuse_ids_that_are_not_integers(world, token_id):
+    with pytest.raises(TokenError, match=r"integers in \[0, 65536\)"):
+        world.token_bytes(token_id)
+    with pytest.raises(TokenError, match=r"integers in \[0, 65536\)"):
+        world.stream_decoder().push(token_id)
+
+
+def test_integer_ids_of_every_kind_still_decode(world):
+    tok = Tokenizer.bytes()
+    for ids in ([72, 105], np.array([72, 105], np.int64), np.array([72, 105], np.uint8), [np.int32(72), 105],
+                (72, 105), b"Hi", iter([72, 105])):
+        assert tok.decode_bytes(ids) == b"Hi", ids
+    assert tok.decode([]) == "" and tok.decode(np.array([], np.int32)) == ""
+    for token_id in (72, np.int64(72), np.uint16(72), np.array(72)):
+        assert tok.token_bytes(token_id) == b"H"
+    assert world.decode(np.array(SPEC_IDS, np.uint32)) == SPEC_TEXT
