@@ -20,6 +20,7 @@ quantized with the rules of quantize.py.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -85,7 +86,6 @@ class CheckpointConverter:
             self.n_layer += 1
         if self.n_layer == 0:
             raise MissingTensorError(f"{self.path}: tensor 'blocks.0.ln1.weight' is missing (no layers)")
-        self.n_head = self._n_head(names)
         self.needed = set(_expected_names(self.arch, self.n_layer))
         missing = sorted(self.needed - set(self._rwkvcpp_names(names)))
         if missing:
@@ -93,15 +93,19 @@ class CheckpointConverter:
                 f"{self.path}: an RWKV {self.arch} checkpoint needs {missing[0]!r}"
                 + (f" and {len(missing) - 1} more tensors" if len(missing) > 1 else "") + ", which it lacks"
             )
+        self.n_head = self._n_head()  # reads a tensor's shape by name: only once every needed one is there
 
-    def _n_head(self, names) -> int:
-        if self.arch in ("v5.2", "v6"):
-            return self.reader.shape("blocks.0.att.time_faaaa")[0]
+    def _n_head(self) -> int:
+        """The head count the file states (infer_shape checks it against every shape after conversion)."""
+        if self.arch == "v4":
+            return 1
         if self.arch == "v5.1":
-            return int(np.prod(self.reader.shape("blocks.0.att.time_decay")))
-        if self.arch == "v7":
-            return self.reader.shape("blocks.0.att.r_k")[0]
-        return 1
+            return math.prod(self.reader.shape("blocks.0.att.time_decay"))  # one decay per head
+        name = "blocks.0.att.r_k" if self.arch == "v7" else "blocks.0.att.time_faaaa"
+        shape = self.reader.shape(name)  # (n_head, head_size)
+        if not shape:
+            raise ModelFormatError(f"{self.path}: {name} has shape {shape}, expected (n_head, head_size)")
+        return shape[0]
 
     @staticmethod
     def _rwkvcpp_names(names) -> list[str]:

@@ -17,17 +17,25 @@ widened to float32 (exactly).
 """
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import pickle
 import struct
 import zipfile
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import ModelFormatError
+from .safetensors import fits_numpy
+
+try:
+    import lzma
+except ImportError:  # a Python built without liblzma: zipfile then cannot read LZMA entries at all
+    lzma = None
 
 # torch storage type name -> (NumPy dtype of the stored bytes, element size). bfloat16 is read as uint16.
 STORAGE_DTYPES = {
@@ -41,6 +49,12 @@ DTYPE_NAMES = {"float32": "FloatStorage", "float16": "HalfStorage", "bfloat16": 
                "float64": "DoubleStorage"}
 ZIP_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # the 30 fixed bytes before a zip entry's name
 ZIP_LOCAL_MAGIC = b"PK\x03\x04"
+# What zipfile raises on a damaged archive, besides BadZipFile: struct.error, EOFError and OSError for
+# records that are cut short or point outside the file, NotImplementedError for a compression method or
+# zip version it cannot read, UnicodeDecodeError for a name marked UTF-8 that is not, and the
+# decompressors' own errors for corrupt compressed data (bz2 raises OSError).
+ZIP_ERRORS = (zipfile.BadZipFile, struct.error, EOFError, OSError, NotImplementedError, UnicodeDecodeError,
+              zlib.error) + ((lzma.LZMAError,) if lzma else ())
 
 
 @dataclass(frozen=True)
@@ -118,7 +132,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
             raise ModelFormatError(f"{self._path}: unsupported persistent id in the pickle: {pid!r:.80}")
         _, storage_type, key, _location, numel = pid
-        if not isinstance(storage_type, _StorageType) or not isinstance(key, str) or not isinstance(numel, int):
+        if not isinstance(storage_type, _StorageType) or not isinstance(key, str) or not isinstance(numel, int) \
+                or numel < 0:
             raise ModelFormatError(f"{self._path}: malformed storage reference in the pickle: {pid!r:.80}")
         return _StorageRef(storage_type, key, numel)
 
@@ -152,14 +167,14 @@ class PthFile:
             raise ModelFormatError(f"{self.path}: not a PyTorch checkpoint (not a zip archive)")
         try:
             self._zip = zipfile.ZipFile(self._file)
-        except (zipfile.BadZipFile, OSError) as e:
+        except ZIP_ERRORS as e:
             raise ModelFormatError(f"{self.path}: corrupt zip archive: {e}") from None
         pickles = [n for n in self._zip.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
         if len(pickles) != 1:
             raise ModelFormatError(f"{self.path}: expected one data.pkl in the archive, found {len(pickles)}")
         self._prefix = pickles[0][: -len("data.pkl")]
         byteorder = self._prefix + "byteorder"
-        if byteorder in self._zip.namelist() and self._zip.read(byteorder).strip() != b"little":
+        if byteorder in self._zip.namelist() and self._read_entry(byteorder).strip() != b"little":
             raise ModelFormatError(f"{self.path}: big-endian checkpoints are not supported")
         self._mmap = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
         try:
@@ -176,6 +191,9 @@ class PthFile:
                 raise ModelFormatError(
                     f"{self.path}: entry {name!r} is not a tensor (a state dict of tensors is expected)"
                 )
+            # checked now, against the storage size the pickle declares, so that shape(name) never reports
+            # a shape its storage cannot hold; array() checks again against the bytes it actually reads
+            _check_layout(value, value.storage.numel, f"{self.path}: tensor {name!r}")
         self._tensors: dict[str, _TensorRef] = dict(state)
         self._storages: dict[str, np.ndarray] = {}
 
@@ -221,6 +239,11 @@ class PthFile:
         except KeyError:
             raise ModelFormatError(f"{self.path}: the archive has no {entry!r}") from None
         if info.compress_type == zipfile.ZIP_STORED:
+            if not 0 <= info.header_offset <= len(self._mmap) - ZIP_LOCAL_HEADER.size:
+                raise ModelFormatError(
+                    f"{self.path}: zip entry {entry!r} has its local header at byte {info.header_offset}, "
+                    f"outside the {len(self._mmap)}-byte file"
+                )
             fields = ZIP_LOCAL_HEADER.unpack_from(self._mmap, info.header_offset)
             if fields[0] != ZIP_LOCAL_MAGIC:
                 raise ModelFormatError(f"{self.path}: corrupt zip entry {entry!r}")
@@ -228,9 +251,13 @@ class PthFile:
             if start + info.file_size > len(self._mmap):
                 raise ModelFormatError(f"{self.path}: zip entry {entry!r} runs past the end of the file")
             return np.frombuffer(self._mmap, dtype=np.uint8, count=info.file_size, offset=start)
+        return np.frombuffer(self._read_entry(entry), dtype=np.uint8)
+
+    def _read_entry(self, entry: str) -> bytes:
+        """An entry's bytes, decompressed and checked against its CRC by zipfile."""
         try:
-            return np.frombuffer(self._zip.read(entry), dtype=np.uint8)
-        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            return self._zip.read(entry)
+        except ZIP_ERRORS as e:
             raise ModelFormatError(f"{self.path}: cannot read {entry!r}: {e}") from None
 
     def close(self) -> None:
@@ -241,19 +268,42 @@ class PthFile:
 
 
 def _strided_view(storage: np.ndarray, ref: _TensorRef, where: str) -> np.ndarray:
-    """storage[offset:] seen with the tensor's size and stride (in elements), after checking it stays inside."""
+    """storage[offset:] seen with the tensor's size and stride (in elements), after checking it stays inside.
+
+    Checked against the storage as read: two tensors may name one storage with different sizes, and
+    the first one read is the one kept.
+    """
+    _check_layout(ref, storage.size, where)
     size, stride, offset = ref.size, ref.stride, ref.offset
-    if len(size) != len(stride) or any(n < 0 for n in size) or any(s < 0 for s in stride) or offset < 0:
-        raise ModelFormatError(f"{where}: malformed size {size} / stride {stride} / offset {offset}")
-    if any(n == 0 for n in size):
+    if 0 in size:
         return np.zeros(size, dtype=storage.dtype)
-    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
-    if last >= storage.size:
-        raise ModelFormatError(f"{where}: reaches element {last} of a storage of {storage.size}")
     item = storage.dtype.itemsize
     view = np.lib.stride_tricks.as_strided(storage[offset:], shape=size, strides=[s * item for s in stride],
                                            writeable=False)
     return view
+
+
+def _check_layout(ref: _TensorRef, storage_numel: int, where: str) -> None:
+    """Refuse a size / stride / offset that is malformed, reaches past a storage of storage_numel
+    elements, or repeats elements of the storage."""
+    size, stride, offset = ref.size, ref.stride, ref.offset
+    if len(size) != len(stride) or any(n < 0 for n in size) or any(s < 0 for s in stride) or offset < 0:
+        raise ModelFormatError(f"{where}: malformed size {size} / stride {stride} / offset {offset}")
+    if 0 in size:  # no elements to place; NumPy must still accept the shape
+        if not fits_numpy(size, STORAGE_DTYPES[ref.storage.storage_type.name].itemsize):
+            raise ModelFormatError(f"{where}: size {size} is too large for a NumPy array")
+        return
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+    if last >= storage_numel:
+        raise ModelFormatError(f"{where}: reaches element {last} of a storage of {storage_numel}")
+    # A weight's elements are distinct storage elements. One with stride 0 on a longer axis (torch's
+    # expand()), or with more elements than its storage holds past the offset, repeats some: it would
+    # materialize as more memory than the file holds (a 600 KB file declared a 64 GiB emb.weight).
+    if any(s == 0 and n > 1 for n, s in zip(size, stride)) or math.prod(size) > storage_numel - offset:
+        raise ModelFormatError(
+            f"{where}: size {size} with stride {stride} repeats elements of its storage (like a tensor "
+            f"made by torch's expand()); a checkpoint's weights never do"
+        )
 
 
 def read_pth(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -9,6 +9,7 @@ and error messages.
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import struct
@@ -47,6 +48,8 @@ class SafetensorsFile:
             header = json.loads(bytes(self._mmap[8 : 8 + n]).decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ModelFormatError(f"{self.path}: header is not valid JSON: {e}") from None
+        except RecursionError:  # json parses nested arrays and objects recursively
+            raise ModelFormatError(f"{self.path}: header nests too deeply to be a tensor table") from None
         if not isinstance(header, dict):
             raise ModelFormatError(f"{self.path}: header is not a JSON object")
         header.pop("__metadata__", None)
@@ -62,17 +65,18 @@ class SafetensorsFile:
             dtype, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
         except (KeyError, TypeError, ValueError):
             raise ModelFormatError(f"{where}: malformed header entry {entry!r:.100}") from None
-        if dtype not in DTYPES:
+        if not isinstance(dtype, str) or dtype not in DTYPES:
             raise ModelFormatError(f"{where}: dtype {dtype!r} is not supported ({', '.join(DTYPES)})")
-        if not all(isinstance(d, int) and d >= 0 for d in shape) or not isinstance(begin, int) \
-                or not isinstance(end, int):
+        if not all(_is_count(d) for d in shape) or not _is_count(begin) or not _is_count(end):
             raise ModelFormatError(f"{where}: malformed shape {shape} or offsets {begin}, {end}")
-        expected = int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype].itemsize
+        expected = math.prod(shape) * DTYPES[dtype].itemsize  # a Python int: no wrap-around
         if not 0 <= begin <= end <= data_size or end - begin != expected:
             raise ModelFormatError(
                 f"{where}: data [{begin}, {end}) does not hold {dtype} {list(shape)} ({expected} bytes) "
                 f"inside the {data_size} bytes of data"
             )
+        if not fits_numpy(shape, DTYPES[dtype].itemsize):
+            raise ModelFormatError(f"{where}: shape {shape} is too large for a NumPy array")
         return dtype, shape, begin, end
 
     @property
@@ -98,6 +102,18 @@ class SafetensorsFile:
     def close(self) -> None:
         self._bytes = None
         self._entries = {}
+
+
+def _is_count(value) -> bool:
+    """A JSON number usable as a size or offset: a non-negative integer (JSON true/false load as bools,
+    which Python counts as ints)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def fits_numpy(shape: tuple[int, ...], itemsize: int) -> bool:
+    """Whether NumPy can make an array of this shape. A shape with a 0 holds no data, yet NumPy still
+    refuses it when its other axes multiply past the address space, so the data size alone cannot tell."""
+    return math.prod(n for n in shape if n) * itemsize <= np.iinfo(np.intp).max
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
