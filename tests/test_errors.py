@@ -1,4 +1,5 @@
 """Bad input gets a clear rwkvx exception naming what is wrong; never a crash or a silent wrong answer."""
+import os
 import struct
 
 import numpy as np
@@ -266,11 +267,26 @@ def test_bad_logits_mode(model):
     (lambda m: rwkvx.load(m.path, offload=5), "offload must be an rwkvx.Offload"),
     (lambda m: rwkvx.load(m.path, group_norm_eps=2.0), "group_norm_eps"),
     (lambda m: rwkvx.perplexity(m, [1, 2], chunk=0), "chunk"),
+    (lambda m: rwkvx.load(m.path, dtype="q5_1"), "dtype must be one of"),
 ])
 def test_bad_arguments_raise_an_rwkvx_error_that_is_a_value_error(model, call, match):
     with pytest.raises(rwkvx.ArgumentError, match=match) as raised:
         call(model)
     assert isinstance(raised.value, ValueError) and isinstance(raised.value, RWKVError)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+@pytest.mark.parametrize("name", ["model.bin", "model.safetensors"])
+def test_a_fifo_is_refused_instead_of_waiting_for_a_writer(tmp_path, name):
+    fifo = tmp_path / name
+    os.mkfifo(fifo)
+    with pytest.raises(ModelFormatError, match="not a regular file"):
+        rwkvx.load(fifo)
+
+
+def test_a_directory_is_refused(tmp_path):
+    with pytest.raises(ModelFormatError, match="not a regular file"):
+        rwkvx.load(tmp_path)
 
 
 def test_forward_batch_without_a_sequence_of_states(model):

@@ -23,12 +23,13 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 from collections.abc import Iterator
 
 import numpy as np
 
 from ..architecture import ModelShape, expected_tensors, infer_shape
-from ..errors import MissingTensorError, ModelFormatError
+from ..errors import ArgumentError, MissingTensorError, ModelFormatError
 from .ggml_types import QUANTIZED_TYPES, dequantize, ggml_type
 from .pytorch import PthFile
 from .quantize import quantize_rows, tensor_target_type
@@ -193,7 +194,7 @@ class CheckpointConverter:
 def checked_dtype(dtype: str | None) -> str:
     dtype = "FP32" if dtype is None else dtype
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise ArgumentError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     return dtype
 
 
@@ -293,6 +294,7 @@ def open_model_source(path: str | os.PathLike, dtype: str | None = None):
     FP32/FP16 file in memory (quantizing as rwkvx quantize would); asking for another type of a
     quantized file raises ModelFormatError (re-quantizing loses accuracy twice).
     """
+    _check_regular_file(path)
     if os.fspath(path).lower().endswith(CHECKPOINT_SUFFIXES):
         return load_checkpoint(path, dtype=dtype)
     source = RwkvCppFile(path)
@@ -309,6 +311,17 @@ def open_model_source(path: str | os.PathLike, dtype: str | None = None):
     h = source.header
     return InMemorySource(source.path, Header(VERSION_1, h.n_vocab, h.n_embd, h.n_layer, ggml_type(dtype)), records,
                           convention=source.convention)
+
+
+def _check_regular_file(path) -> None:
+    """A model is a regular file: opening a FIFO would wait for a writer forever, and a device or a
+    directory cannot be mapped. A path that does not exist is left to the reader's own message."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        raise ModelFormatError(f"{os.fspath(path)}: not a regular file (a model is read from a file)")
 
 
 def _expected_names(arch: str, n_layer: int) -> list[str]:

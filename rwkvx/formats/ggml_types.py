@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import ArgumentError
+
 QK = 32  # weights per quantization block
 
 BLOCK_DTYPES = {
@@ -59,7 +61,7 @@ def ggml_type(name_or_id: str | int) -> GGMLType:
     try:
         return table[name_or_id]
     except KeyError:
-        raise ValueError(
+        raise ArgumentError(
             f"unknown weight type {name_or_id!r}; known: {', '.join(TYPES_BY_NAME)}"
         ) from None
 
@@ -102,5 +104,5 @@ def dequantize(raw: np.ndarray, type_name: str, n_elements: int) -> np.ndarray:
     elif type_name == "Q8_0":
         x = d * blocks["qs"].astype(np.float32)
     else:
-        raise ValueError(f"unknown weight type {type_name!r}")
+        raise ArgumentError(f"unknown weight type {type_name!r}")
     return x.reshape(-1).astype(np.float32)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ModelFormatError
+from ..errors import ArgumentError, ModelFormatError
 from .safetensors import fits_numpy
 
 try:
@@ -366,7 +366,7 @@ def write_pth(path: str | os.PathLike, shapes, get_array, dtype: str = "float32"
     from .safetensors import storage_bytes  # the same float32 -> F16/BF16 rounding
 
     if dtype not in STORAGE_NAMES:
-        raise ValueError(f"dtype must be one of {', '.join(STORAGE_NAMES)}, got {dtype!r}")
+        raise ArgumentError(f"dtype must be one of {', '.join(STORAGE_NAMES)}, got {dtype!r}")
     st_dtype = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}[dtype]
     prefix = "archive/"
     entries = [(name, tuple(int(n) for n in shape), STORAGE_NAMES[dtype], str(i))

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ..errors import ModelFormatError
+from ..errors import ArgumentError, ModelFormatError
 from .ggml_types import QUANTIZED_TYPES
 from .rwkvcpp import VERSION_1, RwkvCppFile, TensorInfo
 from .writer import ProgressCallback, TensorRecord, write_rwkvcpp
@@ -64,7 +64,7 @@ def quantize_file(
     """
     for option, value in (("type_name", type_name), ("head", head)):
         if value is not None and value not in QUANTIZED_TYPES:
-            raise ValueError(f"{option} must be one of {', '.join(QUANTIZED_TYPES)}, got {value!r}")
+            raise ArgumentError(f"{option} must be one of {', '.join(QUANTIZED_TYPES)}, got {value!r}")
     src = RwkvCppFile(src_bin)
     try:
         if src.header.data_type.name not in ("FP32", "FP16"):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ArgumentError
 from .ggml_types import BLOCK_DTYPES, QK, ggml_type
 
 F32 = np.float32
@@ -37,12 +38,12 @@ def quantize_rows(x: np.ndarray, type_name: str, fused_multiply_add: bool = Fals
     """
     x = np.asarray(x)
     if x.dtype != np.float32 or x.ndim != 2:
-        raise ValueError(f"x must be a float32 [rows, n] array, got {x.dtype} {x.shape}")
+        raise ArgumentError(f"x must be a float32 [rows, n] array, got {x.dtype} {x.shape}")
     wtype = ggml_type(type_name)
     if x.shape[1] % wtype.block_size:
-        raise ValueError(f"rows of {type_name} need a multiple of {wtype.block_size} elements, got {x.shape[1]}")
+        raise ArgumentError(f"rows of {type_name} need a multiple of {wtype.block_size} elements, got {x.shape[1]}")
     if not np.isfinite(x).all():
-        raise ValueError("cannot quantize non-finite values")
+        raise ArgumentError("cannot quantize non-finite values")
     # Overflow is part of the formats: d, m or an FP16 weight beyond 65504 becomes inf,
     # and max - min of a block spanning more than float32's range is inf.
     with np.errstate(over="ignore"):

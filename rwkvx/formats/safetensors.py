@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from ..errors import ModelFormatError
+from ..errors import ArgumentError, ModelFormatError
 
 # safetensors dtype -> NumPy dtype of the stored bytes (BF16 read as uint16 and widened on access)
 DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"), "F64": np.dtype("<f8")}
@@ -129,7 +129,7 @@ def write_safetensors(path: str | os.PathLike, shapes: Mapping[str, tuple[int, .
     huge models one tensor at a time. Values are cast to dtype (BF16: rounded to nearest even).
     """
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise ArgumentError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     header, offset = {}, 0
     for name, shape in shapes.items():
         nbytes = int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype].itemsize

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..errors import ModelFormatError
+from ..errors import ArgumentError, ModelFormatError
 from .ggml_types import ggml_type
 from .rwkvcpp import HEADER, MAGIC, MAX_KEY_LENGTH, VERSION_0, VERSION_1
 
@@ -100,13 +100,13 @@ def write_rwkvcpp(
 
 def _header_bytes(n_vocab: int, n_embd: int, n_layer: int, data_type: str, version: int) -> bytes:
     if version not in (VERSION_0, VERSION_1):
-        raise ValueError(f"file version must be {VERSION_0} or {VERSION_1}, got {version}")
+        raise ArgumentError(f"file version must be {VERSION_0} or {VERSION_1}, got {version}")
     header_type = ggml_type(data_type)
     if header_type.quantized and version != VERSION_1:
-        raise ValueError(f"a {data_type} file must be version {VERSION_1} (the layout of version {version} differs)")
+        raise ArgumentError(f"a {data_type} file must be version {VERSION_1} (the layout of version {version} differs)")
     for field, value in (("n_vocab", n_vocab), ("n_embd", n_embd), ("n_layer", n_layer)):
         if not 0 < int(value) < 2**32:
-            raise ValueError(f"{field} must be a positive 32-bit integer, got {value}")
+            raise ArgumentError(f"{field} must be a positive 32-bit integer, got {value}")
     return HEADER.pack(MAGIC, version, n_vocab, n_embd, n_layer, header_type.id)
 
 
