@@ -108,6 +108,21 @@ def test_every_token_count_gives_the_reference_result(isa, layout, type_name, n_
 
 @pytest.mark.parametrize("type_name", QUANTIZED)
 @pytest.mark.parametrize("isa,layout", PRODUCTS)
+def test_one_token_over_groups_read_side_by_side(isa, layout, type_name):
+    """At one token the AVX2 product reads whole groups from two far-apart parts at once, and any group
+    left over (an odd count, a partial last group) alone: every way of splitting gives the reference."""
+    usable(isa)
+    rng = np.random.default_rng(11)
+    for n_rows in (32, 33, 48, 50, 64, 100, 130, 160):
+        n_in = 32 * (1 + n_rows % 5)
+        raw = random_weights(type_name, n_rows, n_in, rng)
+        x = activations(rng, 1, n_in, kind="edge" if n_rows % 2 else "random")
+        assert_identical(packed_product(isa, layout, type_name, raw, n_in, n_rows, x),
+                         scalar_file_layout(type_name, raw, n_in, n_rows, x), f"{isa} {layout} {type_name} {n_rows} rows")
+
+
+@pytest.mark.parametrize("type_name", QUANTIZED)
+@pytest.mark.parametrize("isa,layout", PRODUCTS)
 @pytest.mark.parametrize("pattern", (0, 1, 2))
 def test_extreme_codes_and_scales(isa, layout, type_name, pattern):
     usable(isa)
