@@ -33,10 +33,11 @@
 #define FORCE_INLINE static inline __attribute__((always_inline))
 #define HALF_ROWS 8
 
-/* Parts of a matrix read side by side, a group of each in turn, column by column, at one token. On an
+/* Parts of a matrix read side by side at one token, a group of each in turn, column by column. On an
  * AMD EPYC (Zen 3), one thread, a harness in /tmp streaming 2048 x 8192 matrices from memory (9 copies
- * cycled through, 61 alternating passes, time of the product over one stream's): 2 streams Q4_0 0.84-0.88,
- * Q5_1 0.77, Q8_0 0.86-0.89; 4 streams 0.84 / 0.70 / 0.90; in L2 (512 x 768) 0.95-1.00. */
+ * cycled through, 41-61 passes alternating with the one-stream kernel, time over its time): 2 streams
+ * Q4_0 0.84-0.88, Q4_1 0.90, Q5_0 0.86, Q5_1 0.77-0.81, Q8_0 0.86-0.91; 4 streams 0.84 / - / - / 0.70 /
+ * 0.90; in L2 (512 x 768) 0.92-1.00. Two threads, bench/kernel_vs_read.py: 1.13-1.41 of a read -> 1.05-1.16. */
 #ifndef PA_STREAMS
 #define PA_STREAMS 2
 #endif
@@ -109,78 +110,76 @@ FORCE_INLINE void column_step(int type, const uint8_t *column, const rwkvx_packe
     const int has_m = rwkvx_packed_has_min(type);
     const __m256i ones = _mm256_set1_epi16(1);
     const int64_t stride = x->stride_blocks;
-    {
-        if (prefetch)
-            for (size_t line = 0; line < regions->column; line += 64) {
-                _mm_prefetch((const char *)(column + PA_PREFETCH_L1_BYTES + line), _MM_HINT_T0);
-                _mm_prefetch((const char *)(column + PA_PREFETCH_L2_BYTES + line), _MM_HINT_T1);
+    if (prefetch)
+        for (size_t line = 0; line < regions->column; line += 64) {
+            _mm_prefetch((const char *)(column + PA_PREFETCH_L1_BYTES + line), _MM_HINT_T0);
+            _mm_prefetch((const char *)(column + PA_PREFETCH_L2_BYTES + line), _MM_HINT_T1);
+        }
+    for (int hh = 0; hh < nh; hh++) {
+        const int h = h0 + hh;
+        __m256i isum[PA_TOKEN_TILE];
+        if (type == RWKVX_TYPE_Q8_0) {
+            const __m256i flip = _mm256_set1_epi8((char)0x80);
+            for (int t = 0; t < nt; t++) isum[t] = _mm256_setzero_si256();
+            for (int s = 0; s < 8; s++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(column + regions->codes + 64 * s + 32 * h));
+                const __m256i q = _mm256_xor_si256(v, flip), q_abs = _mm256_abs_epi8(q);
+                for (int t = 0; t < nt; t++) {
+                    const int8_t *qx = x->qs + ((t0 + t) * stride + c) * RWKVX_QK;
+                    const __m256i pairs = _mm256_maddubs_epi16(q_abs, _mm256_sign_epi8(broadcast_u32(qx + 4 * s), q));
+                    isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(pairs, ones));
+                }
             }
-        for (int hh = 0; hh < nh; hh++) {
-            const int h = h0 + hh;
-            __m256i isum[PA_TOKEN_TILE];
-            if (type == RWKVX_TYPE_Q8_0) {
-                const __m256i flip = _mm256_set1_epi8((char)0x80);
-                for (int t = 0; t < nt; t++) isum[t] = _mm256_setzero_si256();
-                for (int s = 0; s < 8; s++) {
-                    const __m256i v = _mm256_loadu_si256((const __m256i *)(column + regions->codes + 64 * s + 32 * h));
-                    const __m256i q = _mm256_xor_si256(v, flip), q_abs = _mm256_abs_epi8(q);
-                    for (int t = 0; t < nt; t++) {
-                        const int8_t *qx = x->qs + ((t0 + t) * stride + c) * RWKVX_QK;
-                        const __m256i pairs = _mm256_maddubs_epi16(q_abs, _mm256_sign_epi8(broadcast_u32(qx + 4 * s), q));
-                        isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(pairs, ones));
-                    }
-                }
-            } else if (rwkvx_packed_has_qh(type)) {
-                /* 5-bit codes: 4 pairs at most per int16 lane, so low and high nibbles are summed apart */
-                const __m256i planes = _mm256_loadu_si256((const __m256i *)(column + regions->qh + 32 * (size_t)h));
-                for (int which = 0; which < 2; which++) {
-                    __m256i pairs[PA_TOKEN_TILE];
-                    for (int t = 0; t < nt; t++) pairs[t] = _mm256_setzero_si256();
-                    for (int z = 0; z < 4; z++) {
-                        const __m256i u = small_codes(type, column, regions, planes, z, h, which);
-                        for (int t = 0; t < nt; t++) {
-                            const int8_t *qx = x->qs + ((t0 + t) * stride + c) * RWKVX_QK;
-                            pairs[t] = _mm256_add_epi16(pairs[t],
-                                                        _mm256_maddubs_epi16(u, broadcast_u32(qx + 16 * which + 4 * z)));
-                        }
-                    }
-                    for (int t = 0; t < nt; t++) {
-                        const __m256i part = _mm256_madd_epi16(pairs[t], ones);
-                        isum[t] = which == 0 ? part : _mm256_add_epi32(isum[t], part);
-                    }
-                }
-            } else {
-                /* 4-bit codes: all 8 pairs of a block fit one int16 lane */
+        } else if (rwkvx_packed_has_qh(type)) {
+            /* 5-bit codes: 4 pairs at most per int16 lane, so low and high nibbles are summed apart */
+            const __m256i planes = _mm256_loadu_si256((const __m256i *)(column + regions->qh + 32 * (size_t)h));
+            for (int which = 0; which < 2; which++) {
                 __m256i pairs[PA_TOKEN_TILE];
                 for (int t = 0; t < nt; t++) pairs[t] = _mm256_setzero_si256();
                 for (int z = 0; z < 4; z++) {
-                    const __m256i lo = small_codes(type, column, regions, _mm256_setzero_si256(), z, h, 0);
-                    const __m256i hi = small_codes(type, column, regions, _mm256_setzero_si256(), z, h, 1);
+                    const __m256i u = small_codes(type, column, regions, planes, z, h, which);
                     for (int t = 0; t < nt; t++) {
                         const int8_t *qx = x->qs + ((t0 + t) * stride + c) * RWKVX_QK;
-                        pairs[t] = _mm256_add_epi16(
-                            pairs[t], _mm256_add_epi16(_mm256_maddubs_epi16(lo, broadcast_u32(qx + 4 * z)),
-                                                       _mm256_maddubs_epi16(hi, broadcast_u32(qx + 16 + 4 * z))));
+                        pairs[t] = _mm256_add_epi16(pairs[t],
+                                                    _mm256_maddubs_epi16(u, broadcast_u32(qx + 16 * which + 4 * z)));
                     }
                 }
-                for (int t = 0; t < nt; t++) isum[t] = _mm256_madd_epi16(pairs[t], ones);
+                for (int t = 0; t < nt; t++) {
+                    const __m256i part = _mm256_madd_epi16(pairs[t], ones);
+                    isum[t] = which == 0 ? part : _mm256_add_epi32(isum[t], part);
+                }
             }
-            if (type == RWKVX_TYPE_Q4_0 || type == RWKVX_TYPE_Q5_0)
-                /* -offset * sum(q_x) turns the unsigned codes' dot into the signed one (added last: fewer
-                 * registers live in the loops above, and integer sums are exact in any order) */
-                for (int t = 0; t < nt; t++)
-                    isum[t] = _mm256_add_epi32(isum[t], _mm256_set1_epi32(x->aux[(t0 + t) * stride + c]));
-            const __m256 dw =
-                _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(column + regions->d + 2 * HALF_ROWS * (size_t)h)));
-            const __m256 mw = has_m ? _mm256_cvtph_ps(_mm_loadu_si128(
-                                          (const __m128i *)(column + regions->m + 2 * HALF_ROWS * (size_t)h)))
-                                    : _mm256_setzero_ps();
-            for (int t = 0; t < nt; t++) {
-                const int64_t i = (t0 + t) * stride + c;
-                const __m256 scaled = _mm256_mul_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(dw, _mm256_set1_ps(x->dv[i])));
-                acc[hh][t] = _mm256_add_ps(acc[hh][t], scaled);
-                if (has_m) acc[hh][t] = _mm256_add_ps(acc[hh][t], _mm256_mul_ps(mw, _mm256_set1_ps(load_f32(x->aux + i))));
+        } else {
+            /* 4-bit codes: all 8 pairs of a block fit one int16 lane */
+            __m256i pairs[PA_TOKEN_TILE];
+            for (int t = 0; t < nt; t++) pairs[t] = _mm256_setzero_si256();
+            for (int z = 0; z < 4; z++) {
+                const __m256i lo = small_codes(type, column, regions, _mm256_setzero_si256(), z, h, 0);
+                const __m256i hi = small_codes(type, column, regions, _mm256_setzero_si256(), z, h, 1);
+                for (int t = 0; t < nt; t++) {
+                    const int8_t *qx = x->qs + ((t0 + t) * stride + c) * RWKVX_QK;
+                    pairs[t] = _mm256_add_epi16(
+                        pairs[t], _mm256_add_epi16(_mm256_maddubs_epi16(lo, broadcast_u32(qx + 4 * z)),
+                                                   _mm256_maddubs_epi16(hi, broadcast_u32(qx + 16 + 4 * z))));
+                }
             }
+            for (int t = 0; t < nt; t++) isum[t] = _mm256_madd_epi16(pairs[t], ones);
+        }
+        if (type == RWKVX_TYPE_Q4_0 || type == RWKVX_TYPE_Q5_0)
+            /* -offset * sum(q_x) turns the unsigned codes' dot into the signed one (added last: fewer
+             * registers live in the loops above, and integer sums are exact in any order) */
+            for (int t = 0; t < nt; t++)
+                isum[t] = _mm256_add_epi32(isum[t], _mm256_set1_epi32(x->aux[(t0 + t) * stride + c]));
+        const __m256 dw =
+            _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(column + regions->d + 2 * HALF_ROWS * (size_t)h)));
+        const __m256 mw = has_m ? _mm256_cvtph_ps(_mm_loadu_si128(
+                                      (const __m128i *)(column + regions->m + 2 * HALF_ROWS * (size_t)h)))
+                                : _mm256_setzero_ps();
+        for (int t = 0; t < nt; t++) {
+            const int64_t i = (t0 + t) * stride + c;
+            const __m256 scaled = _mm256_mul_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(dw, _mm256_set1_ps(x->dv[i])));
+            acc[hh][t] = _mm256_add_ps(acc[hh][t], scaled);
+            if (has_m) acc[hh][t] = _mm256_add_ps(acc[hh][t], _mm256_mul_ps(mw, _mm256_set1_ps(load_f32(x->aux + i))));
         }
     }
 }
