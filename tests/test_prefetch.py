@@ -108,3 +108,17 @@ def test_a_file_without_layer_2_is_read_without_guesses(tmp_path, advised):
     short.write_bytes(open(f.path, "rb").read()[:cut])
     assert set(RwkvCppFile(short).tensors) < set(f.tensors)
     assert not pages_asked(advised)
+
+
+def test_advice_the_os_refuses_is_ignored():
+    """madvise is only ever a hint: a file system that refuses it must not make loading fail."""
+    class Refusing:
+        def madvise(self, *args):
+            raise OSError(22, "Invalid argument")
+
+    f = RwkvCppFile(next(p for v, fmt, p in tiny_model_files() if fmt == "FP32"))
+    f._mmap = Refusing()  # prefetch and release only ever advise through it
+    name = next(iter(f.tensors))
+    f.prefetch(name)
+    f.release(name)
+    f._prefetch_pages([0, 4096])

@@ -209,9 +209,13 @@ class RwkvCppFile:
 
     def _advise(self, advice: int | None, begin: int = 0, length: int = 0) -> None:
         """madvise on bytes [begin, begin + length) of the mapping (length 0: to its end) where the
-        platform has it; only ever a hint, so it is skipped where missing."""
+        platform has it; only ever a hint, so it is skipped where missing or refused (some file systems
+        refuse some advice)."""
         if advice is not None and hasattr(self._mmap, "madvise"):
-            self._mmap.madvise(advice, begin, length)
+            try:
+                self._mmap.madvise(advice, begin, length)
+            except OSError:
+                pass
 
     def prefetch(self, name: str) -> None:
         """Ask the OS to start reading the tensor's pages now, without waiting for them: requests for
@@ -229,8 +233,8 @@ class RwkvCppFile:
         page = mmap.PAGESIZE
         begin = -(-(info.offset + begin) // page) * page  # whole pages inside the range only
         end = (info.offset + end) // page * page
-        if end > begin and hasattr(self._mmap, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-            self._mmap.madvise(mmap.MADV_DONTNEED, begin, end - begin)
+        if end > begin:
+            self._advise(getattr(mmap, "MADV_DONTNEED", None), begin, end - begin)
 
     def close(self) -> None:
         """Drop this object's views; the mapping closes once no array refers to it."""
