@@ -167,7 +167,7 @@ class Model:
         """
         if logits not in LOGITS_MODES:
             raise ArgumentError(f"logits must be one of {LOGITS_MODES}, got {logits!r}")
-        ids = self._checked_tokens(tokens)
+        ids = checked_token_ids(tokens, self.n_vocab)
         if state is None:
             state = self.new_state()
         elif not isinstance(state, State):
@@ -199,7 +199,7 @@ class Model:
             raise ArgumentError(f"logits must be True or False, got {logits!r}")
         if isinstance(tokens, (int, np.integer)) or isinstance(states, State) or not isinstance(states, Iterable):
             raise TokenError("forward_batch takes a sequence of tokens and a sequence of states, one per sequence")
-        ids = self._checked_tokens(tokens)
+        ids = checked_token_ids(tokens, self.n_vocab)
         states = list(states)
         if len(states) != ids.size:
             raise StateError(f"{ids.size} tokens but {len(states)} states: one state per sequence")
@@ -225,9 +225,6 @@ class Model:
         from .generation import generate
 
         return generate(self, prompt, **kwargs)
-
-    def _checked_tokens(self, tokens) -> np.ndarray:
-        return checked_token_ids(tokens, self.n_vocab)
 
 
 def _checked_eps(eps) -> float:
@@ -278,8 +275,8 @@ def load(path: str | os.PathLike, threads: int | None = None, offload=None, dtyp
     Costs one pass over the weights at load (a fraction of a second per GB); resident memory stays about
     the file's size. None: when the active kernel level has such a layout (avx2, avx512); False: weights stay
     memory-mapped and loading reads only the file's tensor table and vectors (v7 1.5B: ~0.05 s from the
-    page cache, ~0.25 s from disk), the first token then paging the weights in. Packed quantized products give the scalar reference's
-    results bit for bit; AVX2/AVX-512 products over the file's layout sum in another order, so
+    page cache, ~0.25 s from disk), the first token then paging the weights in. Packed quantized products
+    give the scalar reference's results bit for bit; AVX2/AVX-512 products over the file's layout sum in another order, so
     pack=False there changes logits by float rounding (amplified a little through the layers).
     """
     from .formats.checkpoint import open_model_source

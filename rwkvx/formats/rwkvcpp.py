@@ -188,11 +188,17 @@ class RwkvCppFile:
         return tensors
 
     def _prefetch_pages(self, offsets: list[int]) -> None:
-        """Start reading the pages at these file offsets (and the next page: a record may cross one)."""
-        advice, page = getattr(mmap, "MADV_WILLNEED", None), mmap.PAGESIZE
+        """Start reading the page at each of these file offsets, and the next one when the record's first
+        page's worth of bytes crosses into it."""
         for offset in offsets:
-            begin = offset // page * page
-            self._advise(advice, begin, min(2 * page, self.size - begin))
+            self._will_need(offset, offset + mmap.PAGESIZE)
+
+    def _will_need(self, begin: int, end: int) -> None:
+        """Ask the OS to start reading the pages holding bytes [begin, end) of the file, without waiting."""
+        first = begin // mmap.PAGESIZE * mmap.PAGESIZE
+        end = min(end, self.size)
+        if end > first:
+            self._advise(getattr(mmap, "MADV_WILLNEED", None), first, end - first)
 
     def raw(self, name: str) -> np.ndarray:
         """The tensor's bytes, as a read-only uint8 view into the mapped file."""
@@ -221,9 +227,8 @@ class RwkvCppFile:
         """Ask the OS to start reading the tensor's pages now, without waiting for them: requests for
         many tensors at once go to the disk together instead of one page fault at a time."""
         info = self.tensors[name]
-        begin = info.offset // mmap.PAGESIZE * mmap.PAGESIZE
         if info.nbytes:
-            self._advise(getattr(mmap, "MADV_WILLNEED", None), begin, info.offset + info.nbytes - begin)
+            self._will_need(info.offset, info.offset + info.nbytes)
 
     def release(self, name: str, begin: int = 0, end: int | None = None) -> None:
         """Hand the pages holding only bytes [begin, end) of this tensor back to the OS (a caller that
