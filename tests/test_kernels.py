@@ -236,15 +236,15 @@ def test_real_shapes_match_reference(isa, type_name):
                                   f"{isa} {type_name} {n_rows}x{n_in} T={n_tokens}")
 
 
-@pytest.mark.parametrize("n_rows", (19, 67))
+@pytest.mark.parametrize("n_rows", (7, 19, 67))
 @pytest.mark.parametrize("blocks", (3, 8, 65, 129))
 @pytest.mark.parametrize("type_name", TYPES)
 @pytest.mark.parametrize("isa", ISAS)
 def test_token_count_does_not_change_any_result(isa, type_name, blocks, n_rows):
     """Sequence mode must equal one token at a time bit for bit: tiles of tokens never mix (also where
     one token reads its rows in other tiles than a tile of tokens does: float rows of 256-2048 inputs
-    one at a time on AVX-512; on AVX2, float rows four at a time from four quarters of 64 rows or more
-    at one token, four neighbours at more)."""
+    one at a time on AVX-512; on AVX2, float rows four at a time at one token, from four quarters of 16
+    rows or more (19, 67) or neighbouring rows below (7), four neighbours at more tokens)."""
     usable(isa)
     rng = np.random.default_rng(6)
     n_in = blocks * QK if type_name in QUANTIZED else blocks * QK + 5

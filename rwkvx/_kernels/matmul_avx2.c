@@ -25,8 +25,12 @@
  * C read of 200 MB in 16-byte loads took 1.69x one front-to-back stream's time as 4 rows of 1536
  * bytes side by side (1.31x with each row's next band prefetched), 0.89x as 4 quarters; and
  * bench/kernel_vs_read.py's F16 768 x 65536 product against a one-stream read, 3 alternating
- * rounds: 1.24-1.28 with neighbouring rows, 0.89-0.92 with quarters, 1.06-1.10 one row at a time. */
-#define QUARTERS_MIN_ROWS 64
+ * rounds: 1.24-1.28 with neighbouring rows, 0.89-0.92 with quarters, 1.06-1.10 one row at a time.
+ * Down to 16 rows (quarters of 4): a thread's part of v7's low-rank matrices is 16-48 rows (768 x
+ * 32-96 on 2 threads), and bench/kernel_vs_read.py, 2 alternating rounds of 21 passes, took F16 768 x
+ * 32 / 64 / 96 1.27-1.36 / 1.51-1.60 / 1.45-1.48 of a read with a minimum of 64 rows, 0.99-1.07 /
+ * 0.99-1.02 / 0.99 with 16 (768 x 128, quarters either way: 0.92 against 0.94-1.03). */
+#define QUARTERS_MIN_ROWS 16
 
 /* Bytes ahead of each row's stream prefetched into L1 and into L2. Measured on an AMD EPYC (Zen 3),
  * bench/kernel_vs_read.py (product time over the fastest read's, 2 threads, one token), 3 alternating
