@@ -83,12 +83,14 @@ def kernel_extension(name, pyx, c_glob):
         elif ISA_ENABLED[isa]:
             by_isa.setdefault(isa, []).append(path)
     compiled = [isa for isa in by_isa]
+    # RWKVX_PHASE_TIMES=1 builds a copy that times each step of a layer (phase_times.h; bench/phases.py)
+    timed = [("RWKVX_PHASE_TIMES", "1")] if os.environ.get("RWKVX_PHASE_TIMES") == "1" else []
     ext = Extension(
         name,
         sources=[pyx] + portable,
         include_dirs=[KERNELS, numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
-        + [("RWKVX_HAVE_" + isa.upper(), "1") for isa in compiled],
+        + [("RWKVX_HAVE_" + isa.upper(), "1") for isa in compiled] + timed,
         extra_compile_args=BASE_FLAGS,
         extra_link_args=["-lpthread"],
         # ISA files are compiled outside `sources`; listing them here makes a change to one relink.

@@ -94,6 +94,12 @@ cdef extern from "rwkvx.h" nogil:
                          float *x, float *v_first, int64_t n_tokens, float *state)
     int rwkvx_head(const rwkvx_model *m, const float *x, int64_t n_tokens, float *logits)
 
+cdef extern from "phase_times.h" nogil:
+    enum: RWKVX_N_PHASES
+    const char *const rwkvx_phase_names[]
+    int rwkvx_phase_times_read(double *seconds, int64_t *calls)
+    void rwkvx_phase_times_reset()
+
 cdef extern from "exp_poly.h" nogil:
     float rwkvx_exp_poly(float x)
     float rwkvx_sigmoid_poly(float x)
@@ -214,6 +220,21 @@ def cpu_features():
 
 
 FORCED_ISA = _select_isa_from_env()
+
+
+def phase_times():
+    """{step of a forward pass: (seconds, calls)} summed since the last reset, or None when this build does
+    not time its steps (only one built with RWKVX_PHASE_TIMES=1 does: bench/phases.py)."""
+    cdef double seconds[RWKVX_N_PHASES]
+    cdef int64_t calls[RWKVX_N_PHASES]
+    if not rwkvx_phase_times_read(seconds, calls):
+        return None
+    return {rwkvx_phase_names[i].decode(): (seconds[i], calls[i]) for i in range(RWKVX_N_PHASES)}
+
+
+def reset_phase_times():
+    """Zero the sums phase_times() reads (nothing to do in a build that does not time its steps)."""
+    rwkvx_phase_times_reset()
 
 
 def exp_poly(const float[::1] x, bint sigmoid=False):

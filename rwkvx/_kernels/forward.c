@@ -16,6 +16,7 @@
 
 #include "exp_poly.h"
 #include "kernels.h"
+#include "phase_times.h"
 #include "pool.h"
 #include "products.h"
 
@@ -343,10 +344,12 @@ static void channel_mix(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
         }
     }
     const rwkvx_tensor *value = mat(L, RWKVX_FFN_V);
+    PHASE_END(FFN_INPUT);
     rwkvx_q8_acts hq;
     hidden_job hidden = {s->hidden, F, T, rwkvx_product_input(&hq, value, T), value->type};
     rwkvx_product_then(m, key, xk, input.xq, C, T, s->hidden, F, hidden_rows, &hidden, HIDDEN_GRAIN);
     if (input.xq != NULL) rwkvx_q8_acts_free(&xk_q);
+    PHASE_END(FFN_KEY);
     if (m->arch == RWKVX_ARCH_V7) {
         project_into_residual(m, value, s->hidden, hidden.xq, T, s->out, x);
     } else { /* the receptance's gate comes between the value product and the residual */
@@ -356,6 +359,7 @@ static void channel_mix(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
         add_rows(x, s->out, T * C);
     }
     if (hidden.xq != NULL) rwkvx_q8_acts_free(&hq);
+    PHASE_END(FFN_VALUE);
 }
 
 /* ---- time mixing (attention) -------------------------------------------- */
@@ -586,6 +590,7 @@ static void time_mix_v7(const rwkvx_model *m, const rwkvx_layer *L, int32_t laye
     } else {
         v7_mix_task(&mix, 0, T);
     }
+    PHASE_END(MIX);
     float *xr = s->mix[0], *xw = s->mix[1], *xk = s->mix[2], *xv = s->mix[3], *xa = s->mix[4], *xg = s->mix[5];
     /* every product whose input is a mix in one run; then, in another, the second products of the low-rank
      * pairs (w = W2 tanh(W1 xw), alpha = A2 A1 xa, g = G2 sigmoid(G1 xg), v's V2 V1 xv), each reading its
@@ -606,6 +611,7 @@ static void time_mix_v7(const rwkvx_model *m, const rwkvx_layer *L, int32_t laye
     rwkvx_group_run(m, &inputs);
     for (int q = 0; q < 3; q++)
         if (mix.xq[q] != NULL) rwkvx_q8_acts_free(&rkv_q[q]);
+    PHASE_END(INPUT_PRODUCTS);
     rwkvx_product_group low_rank;
     rwkvx_group_init(&low_rank, RWKVX_ROW_GRAIN);
     rwkvx_group_add(m, &low_rank, mat(L, RWKVX_W2), hw, NULL, Dw, T, s->w, C, NULL, NULL);
@@ -613,6 +619,7 @@ static void time_mix_v7(const rwkvx_model *m, const rwkvx_layer *L, int32_t laye
     rwkvx_group_add(m, &low_rank, mat(L, RWKVX_G2), hg, NULL, Dg, T, s->g, C, NULL, NULL);
     if (layer > 0) rwkvx_group_add(m, &low_rank, mat(L, RWKVX_V2), hv, NULL, Dv, T, s->out, C, NULL, NULL);
     rwkvx_group_run(m, &low_rank);
+    PHASE_END(LOW_RANK_PRODUCTS);
     const rwkvx_tensor *output = mat(L, RWKVX_ATT_O);
     rwkvx_q8_acts yq;
     v7_heads_job heads = {m, L, s, T, layer, v_first, rs, layer_offset + 2 * (size_t)C, NULL, output->type};
@@ -620,8 +627,10 @@ static void time_mix_v7(const rwkvx_model *m, const rwkvx_layer *L, int32_t laye
      * them (two blocks at least) so threads never share one */
     if (m->head_size % (2 * RWKVX_QK) == 0) heads.yq = rwkvx_product_input(&yq, output, T);
     rwkvx_pool_run(m->pool, v7_heads_task, &heads, H, 1);
+    PHASE_END(HEADS);
     project_into_residual(m, output, s->y, heads.yq, T, s->out, x);
     if (heads.yq != NULL) rwkvx_q8_acts_free(&yq);
+    PHASE_END(OUTPUT_PRODUCT);
 }
 
 /* ---- the stack ---------------------------------------------------------- */
@@ -655,6 +664,7 @@ static int run_layers_chunk(const rwkvx_model *m, int32_t begin, int32_t end, fl
     for (int32_t i = begin; i < end; i++) {
         const rwkvx_layer *L = &m->layers[i];
         const size_t st = (size_t)i * per_layer; /* the layer's [ffn_xx, att_xx, ...] in a row's state */
+        PHASE_START();
         if (!v7_by_channels(m, T)) { /* else time_mix_v7 does them */
             layer_norm(m, x, s->a, T, C, vec(L, RWKVX_LN1_W), vec(L, RWKVX_LN1_B));
             token_shift(s->a, s->prev, T, C, rs, st + (size_t)C);
@@ -667,6 +677,7 @@ static int run_layers_chunk(const rwkvx_model *m, int32_t begin, int32_t end, fl
         case RWKVX_ARCH_V7: time_mix_v7(m, L, i, s, x, T, rs, st, v_first); break;
         default: return RWKVX_ERR_ARGUMENT;
         }
+        if (m->arch != RWKVX_ARCH_V7) PHASE_END(TIME_MIX);
         channel_mix(m, L, s, T, x, rs, st);
     }
     return RWKVX_OK;
@@ -685,11 +696,13 @@ int rwkvx_run_layers(const rwkvx_model *m, int32_t begin, int32_t end, float *x,
 
 int rwkvx_head(const rwkvx_model *m, const float *x, int64_t T, float *logits) {
     const int64_t C = m->n_embd;
+    PHASE_START();
     float *normed = malloc((size_t)(T * C) * sizeof(float));
     if (normed == NULL) return RWKVX_ERR_ALLOC;
     rwkvx_layer_norm_ref(x, normed, T, C, m->globals[RWKVX_LN_OUT_W].data, m->globals[RWKVX_LN_OUT_B].data, 1e-5f);
     rwkvx_product(m, &m->globals[RWKVX_HEAD], normed, C, T, logits, m->n_vocab);
     free(normed);
+    PHASE_END(HEAD);
     return RWKVX_OK;
 }
 
@@ -715,7 +728,9 @@ static int forward_rows(const rwkvx_model *m, const int32_t *tokens, int64_t n_r
     for (int64_t t0 = 0; t0 < n_rows && status == RWKVX_OK; t0 += chunk) {
         const int64_t T = n_rows - t0 < chunk ? n_rows - t0 : chunk;
         const row_states rs = {sequential ? states : states + t0, sequential};
+        PHASE_START();
         status = rwkvx_embed(m, tokens + t0, T, x);
+        PHASE_END(EMBED);
         if (status == RWKVX_OK) status = run_layers_chunk(m, 0, m->n_layer, x, v_first, T, &rs, &s);
         if (status != RWKVX_OK) break;
         if (logits_mode == RWKVX_LOGITS_ALL)
