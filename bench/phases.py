@@ -10,7 +10,8 @@ done), per call for the embedding and the head. For product steps of an rwkv.cpp
 weights the step reads in an average layer and the rate it reads them at when decoding. With --build,
 the copy is kept and rebuilt only where the sources changed.
 
-The timers cost ~20 ns a step, a few hundred ns a token: against the bandwidth bound, use run.py.
+A step's timer is one clock read (vDSO clock_gettime, tens of ns) where it ends: a few µs a token at
+most; for figures against the bandwidth bound use run.py, which times the normal build.
 """
 import argparse
 import json
@@ -38,7 +39,8 @@ CHILD = r"""
 import json, sys
 import rwkvx
 from rwkvx import _core
-path, threads, tokens, calls, prefill_tokens = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+path = sys.argv[1]
+threads, tokens, calls, prefill_tokens = map(int, sys.argv[2:6])
 if _core.phase_times() is None:
     raise SystemExit("this build does not time its steps")
 model = rwkvx.load(path, threads=threads)
@@ -68,7 +70,9 @@ def build_timed_copy(directory: Path) -> None:
         shutil.copy2(REPO / name, directory / name)
     shutil.copytree(REPO / "rwkvx", directory / "rwkvx", dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("__pycache__", "_core*.so"))
-    env = dict(os.environ, RWKVX_PHASE_TIMES="1", RWKVX_BUILD_ONLY="_core")
+    # the other extensions have no timers: the checkout's own builds serve, if it has them
+    others_built = all(list((directory / "rwkvx").glob(f"{name}*.so")) for name in ("_quantize", "_tokenizer"))
+    env = dict(os.environ, RWKVX_PHASE_TIMES="1", RWKVX_BUILD_ONLY="_core" if others_built else "")
     run = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=directory, env=env,
                          capture_output=True, text=True)
     if run.returncode != 0:
