@@ -14,6 +14,7 @@ A step's timer is one clock read (vDSO clock_gettime, tens of ns) where it ends:
 most; for figures against the bandwidth bound use run.py, which times the normal build.
 """
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -65,7 +66,9 @@ print(json.dumps(result))
 
 def build_timed_copy(directory: Path) -> None:
     """rwkvx's Python files and already built extensions copied to directory, its C core rebuilt there
-    with the steps timed."""
+    with the steps timed. Raises RuntimeError with the build's output if that fails."""
+    if importlib.util.find_spec("Cython") is None:
+        raise RuntimeError("building a copy of rwkvx needs Cython: pip install cython")
     for name in ("setup.py", "pyproject.toml"):
         shutil.copy2(REPO / name, directory / name)
     shutil.copytree(REPO / "rwkvx", directory / "rwkvx", dirs_exist_ok=True,
@@ -76,8 +79,7 @@ def build_timed_copy(directory: Path) -> None:
     run = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=directory, env=env,
                          capture_output=True, text=True)
     if run.returncode != 0:
-        sys.stderr.write(run.stdout + run.stderr)
-        raise SystemExit(f"building the timed copy in {directory} failed")
+        raise RuntimeError(f"building the timed copy in {directory} failed:\n{run.stdout}{run.stderr}")
 
 
 def weights_per_step(path: str, n_layer: int) -> dict:
@@ -149,7 +151,11 @@ def main(argv=None) -> int:
     try:
         directory.mkdir(parents=True, exist_ok=True)
         print(f"building a copy of rwkvx that times its steps in {directory} ...", file=sys.stderr, flush=True)
-        build_timed_copy(directory)
+        try:
+            build_timed_copy(directory)
+        except RuntimeError as e:
+            print(e, file=sys.stderr)
+            return 1
         for path in args.models:
             # run in the copy's directory: `python -c` puts the working directory first on sys.path
             child = subprocess.run([sys.executable, "-c", CHILD, str(Path(path).resolve()), str(args.threads),

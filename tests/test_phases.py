@@ -126,3 +126,11 @@ def test_weights_per_step_are_an_average_layer_s_matrices():
     assert sizes["low-rank second products (v7)"] == low_rank
     assert sizes["output layer norm and head"] == head
     assert phases.weights_per_step("model.safetensors", n_layer) == {}
+
+
+def test_building_without_cython_says_what_is_missing(tmp_path, monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(phases.importlib.util, "find_spec",
+                        lambda name, *args: None if name == "Cython" else real_find_spec(name, *args))
+    with pytest.raises(RuntimeError, match="needs Cython"):
+        phases.build_timed_copy(tmp_path)
