@@ -137,6 +137,28 @@ def total_seconds(result: dict, run: str) -> float:
     return sum(seconds for seconds, _ in result[run].values())
 
 
+def measure(directory: Path, path: str, threads: int, tokens: int, calls: int, prefill_tokens: int) -> dict:
+    """One model's step times, in a fresh process of the timed copy in directory (see CHILD). Raises
+    RuntimeError with the child's error output if it fails."""
+    # run in the copy's directory: `python -c` puts the working directory first on sys.path
+    child = subprocess.run([sys.executable, "-c", CHILD, str(Path(path).resolve()), str(threads), str(tokens),
+                            str(calls), str(prefill_tokens)],
+                           cwd=directory, env=dict(os.environ, PYTHONPATH=str(directory)), capture_output=True,
+                           text=True)
+    if child.returncode != 0:
+        raise RuntimeError(f"{path}: the timed copy failed:\n{child.stderr}")
+    return json.loads(child.stdout)
+
+
+def report(path: str, result: dict, threads: int, tokens: int, calls: int, prefill_tokens: int) -> str:
+    return (f"{Path(path).name}, {threads} threads: the steps add up to "
+            f"{total_seconds(result, 'decode') / tokens * 1e3:.2f} ms a token "
+            f"({total_seconds(result, 'decode_nolog') / tokens * 1e3:.2f} without logits) and "
+            f"{total_seconds(result, 'prefill') / calls * 1e3:.1f} ms a prefill call of {prefill_tokens} tokens; "
+            "µs and ms below are per layer, the embedding's and the head's per call\n\n"
+            + table(path, result, prefill_tokens))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+")
@@ -151,28 +173,13 @@ def main(argv=None) -> int:
     try:
         directory.mkdir(parents=True, exist_ok=True)
         print(f"building a copy of rwkvx that times its steps in {directory} ...", file=sys.stderr, flush=True)
-        try:
-            build_timed_copy(directory)
-        except RuntimeError as e:
-            print(e, file=sys.stderr)
-            return 1
+        build_timed_copy(directory)
         for path in args.models:
-            # run in the copy's directory: `python -c` puts the working directory first on sys.path
-            child = subprocess.run([sys.executable, "-c", CHILD, str(Path(path).resolve()), str(args.threads),
-                                    str(args.tokens), str(args.calls), str(args.prefill_tokens)],
-                                   cwd=directory, env=dict(os.environ, PYTHONPATH=str(directory)),
-                                   capture_output=True, text=True)
-            if child.returncode != 0:
-                sys.stderr.write(child.stderr)
-                return 1
-            result = json.loads(child.stdout)
-            print(f"\n{Path(path).name}, {args.threads} threads: the steps add up to "
-                  f"{total_seconds(result, 'decode') / args.tokens * 1e3:.2f} ms a token "
-                  f"({total_seconds(result, 'decode_nolog') / args.tokens * 1e3:.2f} without logits) and "
-                  f"{total_seconds(result, 'prefill') / args.calls * 1e3:.1f} ms a prefill call of "
-                  f"{args.prefill_tokens} tokens; µs and ms below are per layer, the embedding's and the "
-                  "head's per call\n")
-            print(table(path, result, args.prefill_tokens))
+            result = measure(directory, path, args.threads, args.tokens, args.calls, args.prefill_tokens)
+            print("\n" + report(path, result, args.threads, args.tokens, args.calls, args.prefill_tokens))
+    except RuntimeError as e:
+        print(e, file=sys.stderr)
+        return 1
     finally:
         if not args.build:
             shutil.rmtree(directory, ignore_errors=True)

@@ -90,12 +90,11 @@ def layer_count(path):
         f.close()
 
 
-def test_the_script_prints_a_table_of_the_steps(timed_copy, capsys):
+def test_the_report_tables_the_steps(timed_copy):
     path = TINY / "tiny-rwkv-7v0-834K-Q5_1.bin"
-    assert phases.main([str(path), "--build", str(timed_copy), "--tokens", "3", "--calls", "1",
-                        "--prefill-tokens", "8"]) == 0
+    result = phases.measure(timed_copy, str(path), threads=2, tokens=3, calls=1, prefill_tokens=8)
     rows = {}
-    for line in capsys.readouterr().out.splitlines():
+    for line in phases.report(str(path), result, 2, 3, 1, 8).splitlines():
         if line.startswith("| ") and "---" not in line:
             cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
             rows[cells[0]] = cells[1:]
@@ -126,6 +125,11 @@ def test_weights_per_step_are_an_average_layer_s_matrices():
     assert sizes["low-rank second products (v7)"] == low_rank
     assert sizes["output layer norm and head"] == head
     assert phases.weights_per_step("model.safetensors", n_layer) == {}
+
+
+def test_a_failing_child_is_reported(timed_copy, tmp_path):
+    with pytest.raises(RuntimeError, match="the timed copy failed"):
+        phases.measure(timed_copy, str(tmp_path / "missing.bin"), threads=2, tokens=1, calls=1, prefill_tokens=2)
 
 
 def test_building_without_cython_says_what_is_missing(tmp_path, monkeypatch):
