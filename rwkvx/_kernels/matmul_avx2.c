@@ -19,8 +19,8 @@
 #define TILE_ROWS 4
 #define TILE_TOKENS 2 /* 8 accumulators, the 4 rows' vectors and an activation vector: 13 of 16 ymm */
 
-/* At one token the 4 rows of a tile come from 4 quarters of the rows, each read front to back, when
- * the rows are at least this many: 4 neighbouring rows read side by side are 4 streams a few hundred
+/* At one token (and below QUARTERS_MAX_TOKENS) the 4 rows of a tile come from 4 quarters of the rows,
+ * each read front to back, when the rows are at least this many: 4 neighbouring rows read side by side are 4 streams a few hundred
  * bytes apart, which the hardware prefetchers do not follow. On an AMD EPYC (Zen 3), 2 threads: a
  * C read of 200 MB in 16-byte loads took 1.69x one front-to-back stream's time as 4 rows of 1536
  * bytes side by side (1.31x with each row's next band prefetched), 0.89x as 4 quarters; and
@@ -31,6 +31,14 @@
  * 32 / 64 / 96 1.27-1.36 / 1.51-1.60 / 1.45-1.48 of a read with a minimum of 64 rows, 0.99-1.07 /
  * 0.99-1.02 / 0.99 with 16 (768 x 128, quarters either way: 0.92 against 0.94-1.03). */
 #define QUARTERS_MIN_ROWS 16
+/* Tokens from which a tile's rows are neighbours again: with that many tokens a tile's 6 KB of weights
+ * are reused enough that the product is bound by its FMAs, and a band of neighbouring rows is its
+ * cheapest order (outputs stored 4 at once). Below, the weights come from memory (the head of a batch
+ * of sequences, short prompts) and the quarters stream them. One thread, F16 768 x 16384 from memory
+ * (8 copies cycled), quarters over neighbours, median of 64 alternating calls: T = 2 / 4 / 8 / 16 / 24
+ * / 32 / 64 0.45 / 0.54 / 0.70 / 0.81 / 0.90 / 0.97 / 1.03; in the caches (v7 0.1B's low-rank shapes)
+ * 1.03-1.16 at 8-32 tokens. */
+#define QUARTERS_MAX_TOKENS 32
 
 /* Bytes ahead of each row's stream prefetched into L1 and into L2. Measured on an AMD EPYC (Zen 3),
  * bench/kernel_vs_read.py (product time over the fastest read's, 2 threads, one token), 3 alternating
@@ -121,59 +129,54 @@ FORCE_INLINE void tile_lanes(int type, const uint8_t *const row[], int nr, int64
     }
 }
 
-/* y[o] for every row at one token: tiles of TILE_ROWS rows, each from its own quarter of the rows
- * (front to back) when there are QUARTERS_MIN_ROWS or more, else neighbours; the rows left over one
- * at a time. */
-FORCE_INLINE void one_token(int type, const uint8_t *data, size_t rb, int64_t n_rows, int64_t n, const float *x,
-                            float *y) {
-    const int quarters = n_rows >= QUARTERS_MIN_ROWS;
+/* A tile's outputs, sums[TILE_ROWS * t + r] for its nt tokens, into y (at the tile's first output), its
+ * rows `stride` apart. Inlined with nt a constant, a short row's tile is not slowed by a loop here. */
+FORCE_INLINE void store_tile(const float *sums, int nt, float *y, int64_t ldy, int64_t stride) {
+    for (int t = 0; t < nt; t++) {
+        if (stride == 1)
+            memcpy(y + t * ldy, sums + TILE_ROWS * t, sizeof(float) * TILE_ROWS);
+        else
+            for (int r = 0; r < TILE_ROWS; r++) y[t * ldy + r * stride] = sums[TILE_ROWS * t + r];
+    }
+}
+
+/* y[t][o] for every row and token. A tile is TILE_ROWS rows: from 4 quarters of the rows (see
+ * QUARTERS_MIN_ROWS) when there are at least that many and fewer than QUARTERS_MAX_TOKENS tokens, else
+ * neighbours; every token passes over a tile's rows (6 KB of F16 at 768 inputs, in L1) before the
+ * next tile, TILE_TOKENS at a time. The rows left over, one at a time. */
+FORCE_INLINE void matmul_typed(int type, const rwkvx_tensor *w, const float *x, int64_t ldx, int64_t n_tokens,
+                               float *y, int64_t ldy) {
+    const int64_t n = w->n_in, n_rows = w->n_rows;
+    const size_t rb = rwkvx_row_bytes(type, (size_t)n);
+    const uint8_t *data = w->data;
+    const int quarters = n_rows >= QUARTERS_MIN_ROWS && n_tokens < QUARTERS_MAX_TOKENS;
     const int64_t tiles = n_rows / TILE_ROWS, stride = quarters ? tiles : 1; /* rows apart within a tile */
     __m256 acc[8];
+    float sums[8];
     for (int64_t i = 0; i < tiles; i++) {
         const int64_t first = quarters ? i : TILE_ROWS * i;
         const uint8_t *row[TILE_ROWS];
         for (int r = 0; r < TILE_ROWS; r++) row[r] = data + (size_t)(first + r * stride) * rb;
-        tile_lanes(type, row, TILE_ROWS, n, x, 0, 1, 1, acc);
-        for (int r = 0; r < TILE_ROWS; r++) y[first + r * stride] = reduce8(acc[r]);
+        for (int64_t t0 = 0; t0 < n_tokens;) {
+            const int nt = n_tokens - t0 >= TILE_TOKENS ? TILE_TOKENS : 1; /* the last odd token alone */
+            /* constant tile sizes, so that the accumulators stay in registers */
+            if (nt == TILE_TOKENS) {
+                tile_lanes(type, row, TILE_ROWS, n, x + t0 * ldx, ldx, TILE_TOKENS, t0 == 0, acc);
+                _mm256_storeu_ps(sums, reduce8x8(acc)); /* [token t0's 4 rows | token t0 + 1's] */
+                store_tile(sums, TILE_TOKENS, y + t0 * ldy + first, ldy, stride);
+            } else {
+                tile_lanes(type, row, TILE_ROWS, n, x + t0 * ldx, ldx, 1, t0 == 0, acc);
+                for (int r = 0; r < TILE_ROWS; r++) sums[r] = reduce8(acc[r]);
+                store_tile(sums, 1, y + t0 * ldy + first, ldy, stride);
+            }
+            t0 += nt;
+        }
     }
     for (int64_t o = TILE_ROWS * tiles; o < n_rows; o++) {
         const uint8_t *row[1] = {data + (size_t)o * rb};
-        tile_lanes(type, row, 1, n, x, 0, 1, 1, acc);
-        y[o] = reduce8(acc[0]);
-    }
-}
-
-FORCE_INLINE void matmul_typed(int type, const rwkvx_tensor *w, const float *x, int64_t ldx, int64_t n_tokens,
-                               float *y, int64_t ldy) {
-    const int64_t n = w->n_in;
-    const size_t rb = rwkvx_row_bytes(type, (size_t)n);
-    const uint8_t *data = w->data;
-    if (n_tokens == 1) {
-        one_token(type, data, rb, w->n_rows, n, x, y);
-        return;
-    }
-    /* a band of TILE_ROWS rows (6 KB of F16 at 768 inputs) stays in L1 while every token passes over
-     * it, TILE_TOKENS at a time; the rows and tokens left over, one output at a time */
-    __m256 acc[8];
-    float sums[8];
-    for (int64_t o = 0; o < w->n_rows; o += TILE_ROWS) {
-        const int nr = w->n_rows - o >= TILE_ROWS ? TILE_ROWS : (int)(w->n_rows - o);
-        const uint8_t *row[TILE_ROWS];
-        for (int r = 0; r < nr; r++) row[r] = data + (size_t)(o + r) * rb;
-        for (int64_t t0 = 0; t0 < n_tokens; t0 += TILE_TOKENS) {
-            const int nt = n_tokens - t0 >= TILE_TOKENS ? TILE_TOKENS : (int)(n_tokens - t0);
-            const int prefetch = t0 == 0;
-            if (nr == TILE_ROWS && nt == TILE_TOKENS) {
-                tile_lanes(type, row, TILE_ROWS, n, x + t0 * ldx, ldx, TILE_TOKENS, prefetch, acc);
-                _mm256_storeu_ps(sums, reduce8x8(acc)); /* [token t0's 4 rows | token t0 + 1's] */
-                for (int t = 0; t < TILE_TOKENS; t++) memcpy(y + (t0 + t) * ldy + o, sums + TILE_ROWS * t, sizeof(float) * TILE_ROWS);
-            } else {
-                for (int t = 0; t < nt; t++)
-                    for (int r = 0; r < nr; r++) {
-                        tile_lanes(type, &row[r], 1, n, x + (t0 + t) * ldx, ldx, 1, prefetch, acc);
-                        y[(t0 + t) * ldy + o + r] = reduce8(acc[0]);
-                    }
-            }
+        for (int64_t t = 0; t < n_tokens; t++) {
+            tile_lanes(type, row, 1, n, x + t * ldx, ldx, 1, t == 0, acc);
+            y[t * ldy + o] = reduce8(acc[0]);
         }
     }
 }
