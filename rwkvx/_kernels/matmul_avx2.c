@@ -35,9 +35,10 @@
  * are reused enough that the product is bound by its FMAs, and a band of neighbouring rows is its
  * cheapest order (outputs stored 4 at once). Below, the weights come from memory (the head of a batch
  * of sequences, short prompts) and the quarters stream them. One thread, F16 768 x 16384 from memory
- * (8 copies cycled), quarters over neighbours, median of 64 alternating calls: T = 2 / 4 / 8 / 16 / 24
- * / 32 / 64 0.45 / 0.54 / 0.70 / 0.81 / 0.90 / 0.97 / 1.03; in the caches (v7 0.1B's low-rank shapes)
- * 1.03-1.16 at 8-32 tokens. */
+ * (8 copies cycled), median of 64 alternating calls, quarters over neighbours (a first version of this
+ * loop): T = 2 / 4 / 8 / 16 / 24 / 32 / 64 0.45 / 0.54 / 0.70 / 0.81 / 0.90 / 0.97 / 1.03, and 1.03-1.16 in
+ * the caches (v7 0.1B's low-rank shapes) at 8-32 tokens; this loop over the one before it: 0.44 / - /
+ * 0.66-0.71 / 0.89 / 0.93 from memory, 0.96-1.07 in the caches at 33 and 128 tokens. */
 #define QUARTERS_MAX_TOKENS 32
 
 /* Bytes ahead of each row's stream prefetched into L1 and into L2. Measured on an AMD EPYC (Zen 3),
