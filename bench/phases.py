@@ -24,6 +24,10 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # the checkout, if rwkvx is not installed
+from rwkvx.formats import rwkvcpp  # noqa: E402
+
+HEAD_STEP = "output layer norm and head"
 
 # Weights each product step reads, as tensor names within a layer (v7: the steps of time_mix_v7 and
 # channel_mix; "head" is the model's head).
@@ -86,9 +90,6 @@ def weights_per_step(path: str, n_layer: int) -> dict:
     """{step name: bytes an average layer's step reads}, for rwkv.cpp files; {} for other formats."""
     if not path.endswith(".bin"):
         return {}
-    sys.path.insert(0, str(REPO))
-    from rwkvx.formats import rwkvcpp
-
     f = rwkvcpp.open_bin(path)
     try:
         sizes = {}
@@ -97,14 +98,13 @@ def weights_per_step(path: str, n_layer: int) -> dict:
                         if f"blocks.{i}.{n}" in f.tensors)
             if total:
                 sizes[step] = total / n_layer
-        sizes["output layer norm and head"] = f.tensors["head.weight"].nbytes
+        sizes[HEAD_STEP] = f.tensors["head.weight"].nbytes
         return sizes
     finally:
         f.close()
 
 
 RUNS = ("decode", "decode_nolog", "prefill")
-HEAD_STEP = "output layer norm and head"
 
 
 def per_call(result: dict, run: str, step: str) -> float | None:
