@@ -38,6 +38,15 @@ ISA_FLAGS = {
 FILE_FLAGS = {
     "matmul_packed_avx2.c": ["-fschedule-insns", "-fsched-pressure"],
 }
+# RWKVX_EMULATE_AVX512=1 builds a test copy whose AVX-512 files run on a CPU without AVX-512: compiled
+# with the AVX2 family's flags against tests/avx512_emulation/immintrin.h, which implements the
+# AVX-512 intrinsics with SIMDe (Debian's libsimde-dev), and dispatch.c counts the level as usable
+# wherever AVX2 is (tests/test_avx512_emulated.py). Never for a build that is installed. -O1: SIMDe's
+# expansion of matmul_avx512.c takes GCC 12 70 s at -O3, 10 s at -O1, and emulation checks what the
+# kernels compute, not how fast.
+EMULATE_AVX512 = os.environ.get("RWKVX_EMULATE_AVX512") == "1"
+if EMULATE_AVX512:
+    ISA_FLAGS["avx512"] = ISA_FLAGS["avx2"] + ["-O1", "-Wno-psabi", "-I" + os.path.join("tests", "avx512_emulation")]
 IS_X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 IS_ARM64 = platform.machine().lower() in ("aarch64", "arm64")
 ISA_ENABLED = {"avx2": IS_X86, "avx512": IS_X86, "neon": IS_ARM64}
@@ -85,12 +94,13 @@ def kernel_extension(name, pyx, c_glob):
     compiled = [isa for isa in by_isa]
     # RWKVX_PHASE_TIMES=1 builds a copy that times each step of a layer (phase_times.h; bench/phases.py)
     timed = [("RWKVX_PHASE_TIMES", "1")] if os.environ.get("RWKVX_PHASE_TIMES") == "1" else []
+    emulated = [("RWKVX_AVX512_EMULATED", "1")] if EMULATE_AVX512 and "avx512" in by_isa else []
     ext = Extension(
         name,
         sources=[pyx] + portable,
         include_dirs=[KERNELS, numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
-        + [("RWKVX_HAVE_" + isa.upper(), "1") for isa in compiled] + timed,
+        + [("RWKVX_HAVE_" + isa.upper(), "1") for isa in compiled] + timed + emulated,
         extra_compile_args=BASE_FLAGS,
         extra_link_args=["-lpthread"],
         # ISA files are compiled outside `sources`; listing them here makes a change to one relink.

@@ -14,7 +14,6 @@ A step's timer is one clock read (vDSO clock_gettime, tens of ns) where it ends:
 most; for figures against the bandwidth bound use run.py, which times the normal build.
 """
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -25,6 +24,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the checkout, if rwkvx is not installed
+sys.path.insert(0, str(REPO / "bench"))
+from build_copy import build_copy  # noqa: E402
 from rwkvx.formats import rwkvcpp  # noqa: E402
 
 HEAD_STEP = "output layer norm and head"
@@ -69,21 +70,8 @@ print(json.dumps(result))
 
 
 def build_timed_copy(directory: Path) -> None:
-    """rwkvx's Python files and already built extensions copied to directory, its C core rebuilt there
-    with the steps timed. Raises RuntimeError with the build's output if that fails."""
-    if importlib.util.find_spec("Cython") is None:
-        raise RuntimeError("building a copy of rwkvx needs Cython: pip install cython")
-    for name in ("setup.py", "pyproject.toml"):
-        shutil.copy2(REPO / name, directory / name)
-    shutil.copytree(REPO / "rwkvx", directory / "rwkvx", dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("__pycache__", "_core*.so"))
-    # the other extensions have no timers: the checkout's own builds serve, if it has them
-    others_built = all(list((directory / "rwkvx").glob(f"{name}*.so")) for name in ("_quantize", "_tokenizer"))
-    env = dict(os.environ, RWKVX_PHASE_TIMES="1", RWKVX_BUILD_ONLY="_core" if others_built else "")
-    run = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=directory, env=env,
-                         capture_output=True, text=True)
-    if run.returncode != 0:
-        raise RuntimeError(f"building the timed copy in {directory} failed:\n{run.stdout}{run.stderr}")
+    """rwkvx copied to directory, its C core rebuilt there with the steps timed (build_copy.py)."""
+    build_copy(directory, {"RWKVX_PHASE_TIMES": "1"})
 
 
 def weights_per_step(path: str, n_layer: int) -> dict:

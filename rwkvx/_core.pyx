@@ -161,6 +161,7 @@ cdef extern from "kernels.h" nogil:
     const rwkvx_kernel_table *rwkvx_kernel_table_for(const char *name)
     int rwkvx_isa_compiled(const char *name)
     int rwkvx_isa_supported(const char *name)
+    int rwkvx_isa_emulated(const char *name)
     int rwkvx_cpu_feature_count()
     const char *rwkvx_cpu_feature_name(int i)
     int rwkvx_cpu_feature_present(int i)
@@ -206,6 +207,12 @@ def active_isa():
 def compiled_isas():
     """Levels this build has kernels for, best first (scalar always)."""
     return [name for name in ISA_LEVELS if rwkvx_isa_compiled(name.encode())]
+
+
+def emulated_isas():
+    """Levels whose kernels this build runs through emulation (a test build: setup.py's
+    RWKVX_EMULATE_AVX512); empty in any normal build."""
+    return [name for name in ISA_LEVELS if rwkvx_isa_emulated(name.encode())]
 
 
 def supported_isas():

@@ -57,7 +57,8 @@ def cpu_info() -> dict:
     features: {name: bool} (CPUID + XCR0 on x86, HWCAP on aarch64),
     compiled: levels this build has kernels for, best first,
     supported: levels compiled and runnable here, best first,
-    active: the level in use, forced: the RWKVX_ISA value that forced it (None: automatic).
+    active: the level in use, forced: the RWKVX_ISA value that forced it (None: automatic),
+    emulated: levels whose kernels run through emulation (only in a test build; empty otherwise).
     """
     from . import _core
 
@@ -71,6 +72,7 @@ def cpu_info() -> dict:
         "supported": _core.supported_isas(),
         "active": _core.active_isa(),
         "forced": _core.FORCED_ISA,
+        "emulated": _core.emulated_isas(),
     }
 
 
@@ -78,11 +80,16 @@ def format_cpu_info(info: dict | None = None) -> str:
     """cpu_info() as a few human-readable lines."""
     info = cpu_info() if info is None else info
     present = [name for name, has in info["features"].items() if has]
+    emulated = info.get("emulated", [])
+
+    def levels(names):
+        return ", ".join(f"{name} (emulated: a test build)" if name in emulated else name for name in names)
+
     return "\n".join([
         f"cpu:       {info['model_name']} ({info['machine']}, {info['physical_cores']} physical cores, "
         f"{info['logical_cpus']} logical CPUs)",
         f"features:  {' '.join(present) or '(none detected)'}",
-        f"compiled:  {', '.join(info['compiled'])}",
-        f"supported: {', '.join(info['supported'])}",
+        f"compiled:  {levels(info['compiled'])}",
+        f"supported: {levels(info['supported'])}",
         f"active:    {info['active']}" + (f" (forced by RWKVX_ISA={info['forced']})" if info["forced"] else ""),
     ])

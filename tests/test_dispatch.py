@@ -58,8 +58,15 @@ def test_cpu_info_is_consistent():
     features = info["features"]
     if "avx2" in info["supported"]:
         assert features["avx2"] and features["fma"] and features["f16c"] and features["os_ymm"]
-    if "avx512" in info["supported"]:
+    assert set(info["emulated"]) <= set(info["compiled"])
+    if "avx512" in info["supported"] and "avx512" not in info["emulated"]:
         assert all(features[f] for f in ("avx512f", "avx512bw", "avx512vl", "avx512dq", "os_zmm"))
+
+
+def test_a_normal_build_emulates_nothing():
+    """Only a test build (setup.py's RWKVX_EMULATE_AVX512, tests/test_avx512_emulated.py) emulates a level;
+    an installed rwkvx runs every level it reports on the CPU itself."""
+    assert cpu_info()["emulated"] == []
 
 
 def test_cpu_features_agree_with_the_kernel_flags_in_proc_cpuinfo():

@@ -134,7 +134,7 @@ def test_a_failing_child_is_reported(timed_copy, tmp_path):
 
 def test_building_without_cython_says_what_is_missing(tmp_path, monkeypatch):
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(phases.importlib.util, "find_spec",
+    monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *args: None if name == "Cython" else real_find_spec(name, *args))
     with pytest.raises(RuntimeError, match="needs Cython"):
         phases.build_timed_copy(tmp_path)

@@ -196,11 +196,24 @@ int rwkvx_isa_supported(const char *name) {
     if (strcmp(name, "avx2") == 0)
         return features[FEATURE_avx2] && features[FEATURE_fma] && features[FEATURE_f16c] && features[FEATURE_os_ymm];
     if (strcmp(name, "avx512") == 0)
+#ifdef RWKVX_AVX512_EMULATED
+        return rwkvx_isa_supported("avx2"); /* its files hold only AVX2 code (setup.py, RWKVX_EMULATE_AVX512) */
+#else
         return rwkvx_isa_supported("avx2") && features[FEATURE_avx512f] && features[FEATURE_avx512bw] &&
                features[FEATURE_avx512vl] && features[FEATURE_avx512dq] && features[FEATURE_avx512_vnni] &&
                features[FEATURE_os_zmm];
+#endif
     if (strcmp(name, "neon") == 0) return features[FEATURE_neon];
     return 0;
+}
+
+int rwkvx_isa_emulated(const char *name) {
+#ifdef RWKVX_AVX512_EMULATED
+    return strcmp(name, "avx512") == 0;
+#else
+    (void)name;
+    return 0;
+#endif
 }
 
 int rwkvx_isa_compiled(const char *name) {

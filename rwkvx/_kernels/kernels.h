@@ -154,6 +154,7 @@ int rwkvx_select_isa(const char *name);
 const rwkvx_kernel_table *rwkvx_kernel_table_for(const char *name);
 int rwkvx_isa_compiled(const char *name);
 int rwkvx_isa_supported(const char *name); /* by CPU + OS, whether compiled or not */
+int rwkvx_isa_emulated(const char *name); /* compiled for a test build that emulates it (setup.py) */
 
 /* CPU features as detected (CPUID + XCR0 on x86, HWCAP on aarch64): name i, present or not. */
 int rwkvx_cpu_feature_count(void);
