@@ -1,12 +1,12 @@
 /* <immintrin.h> for a test build whose AVX-512 kernels run on a CPU without AVX-512.
  *
  * setup.py puts this directory first on the include path of the *_avx512.c files when
- * RWKVX_EMULATE_AVX512=1 (tests/test_avx512_emulated.py). It includes the compiler's own header (for the
- * AVX2, FMA and F16C intrinsics those files also use, which the CPU runs natively), then SIMDe
- * (Debian's libsimde-dev), whose macros turn every _mm512_* intrinsic it implements into portable code,
- * then the few that SIMDe 0.7.4 lacks and one it gets wrong, below. An intrinsic missing from all three reaches the
- * compiler's AVX-512 definition, which cannot be inlined without -mavx512f: a compile error, never a
- * silent AVX-512 instruction.
+ * RWKVX_EMULATE_AVX512=1 (tests/test_avx512_emulated.py). It includes the compiler's own header (for
+ * the AVX2, FMA and F16C intrinsics those files also use, which the CPU runs natively), then SIMDe
+ * (Debian's libsimde-dev), whose macros turn every _mm512_* intrinsic it implements into AVX2 or
+ * plain C, then below the few SIMDe 0.7.4 lacks and one it gets wrong. An intrinsic defined by
+ * neither reaches the compiler's own AVX-512 definition, which cannot be inlined without -mavx512f:
+ * a compile error, never a stray AVX-512 instruction.
  *
  * Emulation checks what the kernels compute (lanes, masks, block layouts, edge sizes), not how fast.
  * The gaps below keep the hardware's results: conversions run the AVX/F16C instruction on each 256-bit
