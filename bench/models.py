@@ -20,6 +20,7 @@ MODELS_DIR = Path(__file__).parent / "models"
 
 SHAPES = {
     "v4-169M": ModelShape("v4", 50277, 768, 12, 3072, 1, 768),
+    "v6-1.6B": ModelShape("v6", 65536, 2048, 24, 7168, 32, 64, (("time_decay_w1", 64), ("time_maa_w1", 32))),
     "v7-0.1B": ModelShape("v7", 65536, 768, 12, 3072, 12, 64,
                           (("w1", 64), ("a1", 64), ("v1", 32), ("g1", 128))),
     "v7-1.5B": ModelShape("v7", 65536, 2048, 24, 8192, 32, 64,

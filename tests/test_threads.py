@@ -57,8 +57,9 @@ MULTI_HEAD_V7 = ModelShape("v7", 256, 256, 2, 512, 4, 64, (("w1", 32), ("a1", 32
 ODD_LOW_RANK_V7 = ModelShape("v7", 256, 128, 2, 256, 2, 64, (("w1", 24), ("a1", 40), ("v1", 8), ("g1", 56)))
 
 
-def write_random_v7(model_shape, directory, data_type):
-    """A random v7 file (matrices ~ N(0, 1/n_in), vectors as in bench/models.py) of data_type in directory."""
+def write_random(model_shape, directory, data_type):
+    """A random model file (matrices ~ N(0, 1/n_in), vectors as in bench/models.py) of data_type in
+    directory."""
     rng = np.random.default_rng(7)
     records = []
     for name, shape in expected_tensors(model_shape).items():
@@ -85,14 +86,14 @@ def write_random_v7(model_shape, directory, data_type):
                 ids=["Q5_1", "Q4_0", "FP16", "odd-low-rank-FP16", "odd-low-rank-Q8_0"])
 def multi_head_v7(request, tmp_path_factory):
     model_shape, data_type = request.param
-    return write_random_v7(model_shape, tmp_path_factory.mktemp("multi_head_v7"), data_type)
+    return write_random(model_shape, tmp_path_factory.mktemp("multi_head_v7"), data_type)
 
 
 @pytest.mark.parametrize("threads", (1, 2, 3))
 def test_odd_low_rank_v7_matches_reference(tmp_path, threads):
     """The products of a v7 layer that run together (slices of each ending inside a 16-row unit) give the
     reference's logits and state, on one thread and split between several."""
-    path = write_random_v7(ODD_LOW_RANK_V7, tmp_path, "FP16")
+    path = write_random(ODD_LOW_RANK_V7, tmp_path, "FP16")
     model = rwkvx.load(path)
     model._core.set_threads(threads, parallel_min_bytes=0)
     expected_logits, expected_state = ReferenceModel.from_file(path).forward(list(TOKENS))
@@ -121,6 +122,42 @@ def test_threads_split_heads_of_v7_identically(multi_head_v7, threads):
     for got in (run(many), one_tokens(many)):
         np.testing.assert_array_equal(got[0], expected[0])
         np.testing.assert_array_equal(got[1], expected[1])
+
+
+# v4 to v6 layers wide enough that their recurrence is split between threads: v4 by 64 channels (4 units),
+# v5 and v6 by heads (4 of them)
+WIDE_V4_TO_V6 = {
+    "v4": ModelShape("v4", 256, 256, 2, 512, 1, 256),
+    "v5.1": ModelShape("v5.1", 256, 256, 2, 512, 4, 64),
+    "v5.2": ModelShape("v5.2", 256, 256, 2, 512, 4, 64),
+    "v6": ModelShape("v6", 256, 256, 2, 512, 4, 64, (("time_decay_w1", 16), ("time_maa_w1", 8))),
+}
+
+
+@pytest.mark.parametrize("arch", WIDE_V4_TO_V6)
+def test_threads_split_the_recurrence_of_v4_to_v6_identically(tmp_path, arch):
+    """The recurrence, group norm and gate split between threads by channels or heads: the reference's
+    logits and state on one thread, and the same bits on 2 and 3, in sequence mode and one token at a
+    time."""
+    path = write_random(WIDE_V4_TO_V6[arch], tmp_path, "FP16")
+    one = rwkvx.load(path, threads=1)
+    assert one.arch == arch
+    expected = run(one)
+    reference_logits, reference_state = ReferenceModel.from_file(path).forward(list(TOKENS))
+    assert np.ptp(reference_logits) > 1  # a model that computes something
+    np.testing.assert_allclose(expected[0], reference_logits, rtol=0, atol=1e-4)
+    # the random v5.2 layers build head states up to ~1e6, where float32 rounding alone is ~0.05
+    np.testing.assert_allclose(expected[1], reference_state, rtol=1e-5, atol=1e-6 * np.abs(reference_state).max())
+    for threads in (2, 3):
+        many = rwkvx.load(path)
+        many._core.set_threads(threads, parallel_min_bytes=0)
+        state, rows = many.new_state(), []
+        for token in TOKENS:
+            logits, state = many.forward(int(token), state, logits="last", inplace=True)
+            rows.append(logits)
+        for got in (run(many), (np.stack(rows), state.data)):
+            np.testing.assert_array_equal(got[0], expected[0])
+            np.testing.assert_array_equal(got[1], expected[1])
 
 
 def run_concurrently(jobs):

@@ -186,45 +186,27 @@ static void hidden_rows(void *ctx, int64_t begin, int64_t end) {
     quantize_channels(j->xq, j->weight_type, j->h, j->n, j->T, begin, end);
 }
 
-/* Layer norm (group_size 0) or group norm of rows [begin, end): the per-token
- * functions of norm_ref.c, split by rows. */
+/* Layer norm of rows [begin, end): norm_ref.c's per-token function, split by rows. */
 typedef struct rows_job {
     const float *x;
     float *out;
-    int64_t width, n_head, head_size;
+    int64_t width;
     const float *weight, *bias;
-    float eps;
-    int kind;
 } rows_job;
-enum { ROWS_LAYER_NORM, ROWS_GROUP_NORM };
 
 static void rows_task(void *ctx, int64_t begin, int64_t end) {
     const rows_job *j = ctx;
     const int64_t e0 = begin * j->width;
-    if (j->kind == ROWS_LAYER_NORM)
-        rwkvx_layer_norm_ref(j->x + e0, j->out + e0, end - begin, j->width, j->weight, j->bias, j->eps);
-    else
-        rwkvx_group_norm_ref(j->x + e0, j->out + e0, end - begin, j->n_head, j->head_size, j->weight, j->bias,
-                             j->eps);
-}
-
-static void run_rows(const rwkvx_model *m, rows_job *job, int64_t T) {
-    if (m->pool != NULL && T >= PARALLEL_ROWS_MIN_TOKENS)
-        rwkvx_pool_run(m->pool, rows_task, job, T, 1);
-    else
-        rows_task(job, 0, T);
+    rwkvx_layer_norm_ref(j->x + e0, j->out + e0, end - begin, j->width, j->weight, j->bias, 1e-5f);
 }
 
 static void layer_norm(const rwkvx_model *m, const float *x, float *out, int64_t T, int64_t C, const float *weight,
                        const float *bias) {
-    rows_job job = {x, out, C, 0, 0, weight, bias, 1e-5f, ROWS_LAYER_NORM};
-    run_rows(m, &job, T);
-}
-
-static void group_norm(const rwkvx_model *m, float *y, int64_t T, const float *weight, const float *bias) {
-    rows_job job = {y, y, (int64_t)m->n_head * m->head_size, m->n_head, m->head_size, weight, bias,
-                    m->group_norm_eps, ROWS_GROUP_NORM};
-    run_rows(m, &job, T);
+    rows_job job = {x, out, C, weight, bias};
+    if (m->pool != NULL && T >= PARALLEL_ROWS_MIN_TOKENS)
+        rwkvx_pool_run(m->pool, rows_task, &job, T, 1);
+    else
+        rows_task(&job, 0, T);
 }
 
 /* The low-rank products' nonlinearities, applied by each thread of the product to the outputs it has
@@ -353,8 +335,11 @@ static void channel_mix(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
     if (m->arch == RWKVX_ARCH_V7) {
         project_into_residual(m, value, s->hidden, hidden.xq, T, s->out, x);
     } else { /* the receptance's gate comes between the value product and the residual */
-        rwkvx_product_then(m, value, s->hidden, hidden.xq, F, T, s->out, C, NULL, NULL, RWKVX_ROW_GRAIN);
-        rwkvx_product(m, mat(L, RWKVX_FFN_R), xr, C, T, s->r, C);
+        rwkvx_product_group value_and_gate;
+        rwkvx_group_init(&value_and_gate, RWKVX_ROW_GRAIN);
+        rwkvx_group_add(m, &value_and_gate, value, s->hidden, hidden.xq, F, T, s->out, C, NULL, NULL);
+        rwkvx_group_add(m, &value_and_gate, mat(L, RWKVX_FFN_R), xr, NULL, C, T, s->r, C, NULL, NULL);
+        rwkvx_group_run(m, &value_and_gate);
         for (int64_t i = 0; i < T * C; i++) s->out[i] *= rwkvx_sigmoid_poly(s->r[i]);
         add_rows(x, s->out, T * C);
     }
@@ -364,6 +349,70 @@ static void channel_mix(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
 
 /* ---- time mixing (attention) -------------------------------------------- */
 
+/* Independent products of one input each, y_i = W_i x_i (T rows of C), as one pool run: at one token a
+ * run's start and end cost about what a small model's product does. */
+static void products_of_mixes(const rwkvx_model *m, int n, const rwkvx_tensor *const w[], float *const x[],
+                              float *const y[], int64_t T) {
+    const int64_t C = m->n_embd;
+    rwkvx_product_group group;
+    rwkvx_group_init(&group, RWKVX_ROW_GRAIN);
+    for (int i = 0; i < n; i++) rwkvx_group_add(m, &group, w[i], x[i], NULL, C, T, y[i], C, NULL, NULL);
+    rwkvx_group_run(m, &group);
+}
+
+/* v4-v6: the recurrence and what follows it before the output product, split between the threads by
+ * channels (v4: each channel has its own state) or by heads (v5, v6: the group norm too is per head).
+ * At one token the recurrence alone took 22 us of a v4 169M layer on the calling thread. Every channel
+ * is computed by the same code whichever thread takes it. */
+typedef struct recurrence_job {
+    const rwkvx_model *m;
+    const rwkvx_layer *L;
+    scratch *s;
+    int64_t T;
+    const row_states *rs;
+    size_t layer_offset;
+    const float *u, *w; /* v5, v6: bonus and decay (w_stride floats per row, 0: the same for every row) */
+    int64_t w_stride;
+    int gate; /* v5.2, v6: y *= g sigmoid(g) after the group norm */
+} recurrence_job;
+
+static void v4_recurrence_channels(void *ctx, int64_t c0, int64_t c1) {
+    const recurrence_job *j = ctx;
+    const int64_t C = j->m->n_embd, T = j->T;
+    scratch *s = j->s;
+    const float *first = vec(j->L, RWKVX_ATT_FIRST) + c0, *decay = vec(j->L, RWKVX_ATT_DECAY) + c0;
+    const int64_t steps = j->rs->sequential ? 1 : T, step_T = j->rs->sequential ? T : 1;
+    for (int64_t t = 0; t < steps; t++) { /* one call over all rows, or one per independent row */
+        float *st = row_state(j->rs, t, j->layer_offset) + c0;
+        const int64_t row = t * C + c0;
+        rwkvx_wkv4_ref(step_T, c1 - c0, C, s->k + row, s->v + row, first, decay, st + 2 * C, st + 3 * C, st + 4 * C,
+                       s->y + row);
+    }
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t i = t * C + c0; i < t * C + c1; i++) s->y[i] *= rwkvx_sigmoid_poly(s->r[i]);
+}
+
+static void v5_recurrence_heads(void *ctx, int64_t h0, int64_t h1) {
+    const recurrence_job *j = ctx;
+    const rwkvx_model *m = j->m;
+    const int64_t C = m->n_embd, T = j->T, S = m->head_size, c0 = h0 * S, c1 = h1 * S;
+    scratch *s = j->s;
+    const int64_t steps = j->rs->sequential ? 1 : T, step_T = j->rs->sequential ? T : 1;
+    for (int64_t t = 0; t < steps; t++) { /* one call over all rows, or one per independent row */
+        float *heads = row_state(j->rs, t, j->layer_offset + 2 * (size_t)C) + h0 * S * S;
+        const int64_t row = t * C + c0;
+        rwkvx_wkv5_ref(step_T, h1 - h0, S, C, s->r + row, s->k + row, s->v + row, j->u + c0,
+                       j->w + t * j->w_stride + c0, j->w_stride, heads, s->y + row);
+    }
+    const float *ln_w = vec(j->L, RWKVX_LNX_W), *ln_b = vec(j->L, RWKVX_LNX_B);
+    for (int64_t t = 0; t < T; t++) {
+        float *y = s->y + t * C;
+        rwkvx_group_norm_ref(y + c0, y + c0, 1, h1 - h0, S, ln_w + c0, ln_b + c0, m->group_norm_eps);
+        if (j->gate)
+            for (int64_t i = t * C + c0; i < t * C + c1; i++) s->y[i] *= s->g[i] * rwkvx_sigmoid_poly(s->g[i]);
+    }
+}
+
 static void time_mix_v4(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, float *x, int64_t T, const row_states *rs,
                         size_t layer_offset) {
     const int64_t C = m->n_embd;
@@ -371,27 +420,11 @@ static void time_mix_v4(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
     lerp_mix(s->a, s->prev, vec(L, RWKVX_ATT_MIX_K), T, C, xk);
     lerp_mix(s->a, s->prev, vec(L, RWKVX_ATT_MIX_V), T, C, xv);
     lerp_mix(s->a, s->prev, vec(L, RWKVX_ATT_MIX_R), T, C, xr);
-    rwkvx_product(m, mat(L, RWKVX_ATT_K), xk, C, T, s->k, C);
-    rwkvx_product(m, mat(L, RWKVX_ATT_V), xv, C, T, s->v, C);
-    rwkvx_product(m, mat(L, RWKVX_ATT_R), xr, C, T, s->r, C);
-    const int64_t steps = rs->sequential ? 1 : T, step_T = rs->sequential ? T : 1;
-    for (int64_t t = 0; t < steps; t++) { /* one call over all rows, or one per independent row */
-        float *st = row_state(rs, t, layer_offset);
-        rwkvx_wkv4_ref(step_T, C, s->k + t * C, s->v + t * C, vec(L, RWKVX_ATT_FIRST), vec(L, RWKVX_ATT_DECAY),
-                       st + 2 * C, st + 3 * C, st + 4 * C, s->y + t * C);
-    }
-    for (int64_t i = 0; i < T * C; i++) s->y[i] *= rwkvx_sigmoid_poly(s->r[i]);
+    const rwkvx_tensor *w[3] = {mat(L, RWKVX_ATT_K), mat(L, RWKVX_ATT_V), mat(L, RWKVX_ATT_R)};
+    products_of_mixes(m, 3, w, (float *const[]){xk, xv, xr}, (float *const[]){s->k, s->v, s->r}, T);
+    recurrence_job job = {m, L, s, T, rs, layer_offset, NULL, NULL, 0, 0};
+    rwkvx_pool_run(m->pool, v4_recurrence_channels, &job, C, CHANNEL_GRAIN);
     project_into_residual(m, mat(L, RWKVX_ATT_O), s->y, NULL, T, s->out, x);
-}
-
-/* The v5/v6 recurrence over all rows (w: stride w_stride per row) against their states. */
-static void wkv5_rows(const rwkvx_model *m, scratch *s, int64_t T, const float *u, const float *w, int64_t w_stride,
-                      const row_states *rs, size_t layer_offset) {
-    const int64_t C = m->n_embd;
-    const int64_t steps = rs->sequential ? 1 : T, step_T = rs->sequential ? T : 1;
-    for (int64_t t = 0; t < steps; t++) /* one call over all rows, or one per independent row */
-        rwkvx_wkv5_ref(step_T, m->n_head, m->head_size, s->r + t * C, s->k + t * C, s->v + t * C, u,
-                       w + t * w_stride, w_stride, row_state(rs, t, layer_offset + 2 * (size_t)C), s->y + t * C);
 }
 
 static void time_mix_v5(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, float *x, int64_t T, const row_states *rs,
@@ -402,17 +435,14 @@ static void time_mix_v5(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
     lerp_mix(s->a, s->prev, vec(L, RWKVX_ATT_MIX_K), T, C, xk);
     lerp_mix(s->a, s->prev, vec(L, RWKVX_ATT_MIX_V), T, C, xv);
     lerp_mix(s->a, s->prev, vec(L, RWKVX_ATT_MIX_R), T, C, xr);
-    rwkvx_product(m, mat(L, RWKVX_ATT_K), xk, C, T, s->k, C);
-    rwkvx_product(m, mat(L, RWKVX_ATT_V), xv, C, T, s->v, C);
-    rwkvx_product(m, mat(L, RWKVX_ATT_R), xr, C, T, s->r, C);
+    if (v52) lerp_mix(s->a, s->prev, vec(L, RWKVX_ATT_MIX_G), T, C, xg); /* v5.2's gate */
+    const rwkvx_tensor *w[4] = {mat(L, RWKVX_ATT_K), mat(L, RWKVX_ATT_V), mat(L, RWKVX_ATT_R),
+                                v52 ? mat(L, RWKVX_ATT_G) : NULL};
+    products_of_mixes(m, v52 ? 4 : 3, w, (float *const[]){xk, xv, xr, xg}, (float *const[]){s->k, s->v, s->r, s->g},
+                      T);
     const float *u = vec(L, v52 ? RWKVX_ATT_FAAAA : RWKVX_ATT_FIRST);
-    wkv5_rows(m, s, T, u, vec(L, RWKVX_ATT_DECAY), 0, rs, layer_offset);
-    group_norm(m, s->y, T, vec(L, RWKVX_LNX_W), vec(L, RWKVX_LNX_B));
-    if (v52) {
-        lerp_mix(s->a, s->prev, vec(L, RWKVX_ATT_MIX_G), T, C, xg);
-        rwkvx_product(m, mat(L, RWKVX_ATT_G), xg, C, T, s->g, C);
-        for (int64_t i = 0; i < T * C; i++) s->y[i] *= s->g[i] * rwkvx_sigmoid_poly(s->g[i]);
-    }
+    recurrence_job job = {m, L, s, T, rs, layer_offset, u, vec(L, RWKVX_ATT_DECAY), 0, v52};
+    rwkvx_pool_run(m->pool, v5_recurrence_heads, &job, m->n_head, 1);
     project_into_residual(m, mat(L, RWKVX_ATT_O), s->y, NULL, T, s->out, x);
 }
 
@@ -426,11 +456,17 @@ static void time_mix_v6(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
     static const int maa_slots[5] = {RWKVX_MAA_W, RWKVX_MAA_K, RWKVX_MAA_V, RWKVX_MAA_R, RWKVX_MAA_G};
     const rwkvx_tensor *w2 = mat(L, RWKVX_MAA_W2); /* 5 slabs of C rows, D inputs each */
     const size_t slab_bytes = (size_t)C * rwkvx_row_bytes(w2->type, (size_t)D);
+    rwkvx_tensor slabs[5];
+    rwkvx_product_group mixes; /* xc = W2[c] h_c, the five in one run */
+    rwkvx_group_init(&mixes, RWKVX_ROW_GRAIN);
     for (int c = 0; c < 5; c++) {
-        rwkvx_tensor slab = {(const uint8_t *)w2->data + c * slab_bytes, w2->type, (int32_t)D, (int32_t)C,
-                             RWKVX_LAYOUT_ROWS};
+        slabs[c] = (rwkvx_tensor){(const uint8_t *)w2->data + c * slab_bytes, w2->type, (int32_t)D, (int32_t)C,
+                                  RWKVX_LAYOUT_ROWS};
+        rwkvx_group_add(m, &mixes, &slabs[c], s->hidden + c * D, NULL, 5 * D, T, s->mix[c], C, NULL, NULL);
+    }
+    rwkvx_group_run(m, &mixes);
+    for (int c = 0; c < 5; c++) {
         float *xc = s->mix[c];
-        rwkvx_product(m, &slab, s->hidden + c * D, 5 * D, T, xc, C); /* xc = W2[c] h_c */
         const float *maa = vec(L, maa_slots[c]);
         for (int64_t t = 0; t < T; t++)
             for (int64_t i = 0; i < C; i++) {
@@ -439,19 +475,24 @@ static void time_mix_v6(const rwkvx_model *m, const rwkvx_layer *L, scratch *s, 
             }
     }
     float *xw = s->mix[0], *xk = s->mix[1], *xv = s->mix[2], *xr = s->mix[3], *xg = s->mix[4];
-    rwkvx_product(m, mat(L, RWKVX_ATT_R), xr, C, T, s->r, C);
-    rwkvx_product(m, mat(L, RWKVX_ATT_K), xk, C, T, s->k, C);
-    rwkvx_product(m, mat(L, RWKVX_ATT_V), xv, C, T, s->v, C);
-    rwkvx_product(m, mat(L, RWKVX_ATT_G), xg, C, T, s->g, C);
-    /* w = exp(-exp(time_decay + W_d2 tanh(W_d1 xw))), per token and channel */
-    matmul_activated(m, mat(L, RWKVX_DECAY_W1), xw, C, T, s->hidden2, ACTIVATE_TANH);
+    /* r, k, v, g and the decay's first low-rank product in one run; w = exp(-exp(time_decay +
+     * W_d2 tanh(W_d1 xw))), per token and channel */
+    const rwkvx_tensor *decay_w1 = mat(L, RWKVX_DECAY_W1);
+    activation_job tanh_w = {s->hidden2, D2, T, ACTIVATE_TANH};
+    rwkvx_product_group inputs;
+    rwkvx_group_init(&inputs, RWKVX_ROW_GRAIN);
+    rwkvx_group_add(m, &inputs, mat(L, RWKVX_ATT_R), xr, NULL, C, T, s->r, C, NULL, NULL);
+    rwkvx_group_add(m, &inputs, mat(L, RWKVX_ATT_K), xk, NULL, C, T, s->k, C, NULL, NULL);
+    rwkvx_group_add(m, &inputs, mat(L, RWKVX_ATT_V), xv, NULL, C, T, s->v, C, NULL, NULL);
+    rwkvx_group_add(m, &inputs, mat(L, RWKVX_ATT_G), xg, NULL, C, T, s->g, C, NULL, NULL);
+    rwkvx_group_add(m, &inputs, decay_w1, xw, NULL, C, T, s->hidden2, D2, activate_outputs, &tanh_w);
+    rwkvx_group_run(m, &inputs);
     rwkvx_product(m, mat(L, RWKVX_DECAY_W2), s->hidden2, D2, T, s->w, C);
     const float *decay = vec(L, RWKVX_ATT_DECAY);
     for (int64_t t = 0; t < T; t++)
         for (int64_t i = 0; i < C; i++) s->w[t * C + i] = rwkvx_exp_poly(-rwkvx_exp_poly(decay[i] + s->w[t * C + i]));
-    wkv5_rows(m, s, T, vec(L, RWKVX_ATT_FAAAA), s->w, C, rs, layer_offset);
-    group_norm(m, s->y, T, vec(L, RWKVX_LNX_W), vec(L, RWKVX_LNX_B));
-    for (int64_t i = 0; i < T * C; i++) s->y[i] *= s->g[i] * rwkvx_sigmoid_poly(s->g[i]);
+    recurrence_job job = {m, L, s, T, rs, layer_offset, vec(L, RWKVX_ATT_FAAAA), s->w, C, 1};
+    rwkvx_pool_run(m->pool, v5_recurrence_heads, &job, m->n_head, 1);
     project_into_residual(m, mat(L, RWKVX_ATT_O), s->y, NULL, T, s->out, x);
 }
 

@@ -214,12 +214,14 @@ void rwkvx_layer_norm_channels(const float *x, float *out, int64_t n, int64_t c_
 void rwkvx_group_norm_ref(const float *x, float *out, int64_t n_tokens, int64_t n_head,
                           int64_t head_size, const float *weight, const float *bias, float eps);
 
-/* WKV recurrences over T tokens, state updated in place (layouts in rwkvx.h). */
-void rwkvx_wkv4_ref(int64_t n_tokens, int64_t C, const float *k, const float *v,
+/* WKV recurrences over T tokens, state updated in place (layouts in rwkvx.h). v4: C channels, each its
+ * own; v5/v6: n_head heads. A token's row of r, k, v, y is ld floats after the previous token's, so a
+ * call may cover part of the channels or heads (with the pointers and states moved to the first). */
+void rwkvx_wkv4_ref(int64_t n_tokens, int64_t C, int64_t ld, const float *k, const float *v,
                     const float *time_first, const float *time_decay,
                     float *aa, float *bb, float *pp, float *y);
 /* v5.1, v5.2 and v6: w has stride w_stride floats per token (0 = same every token). */
-void rwkvx_wkv5_ref(int64_t n_tokens, int64_t n_head, int64_t head_size,
+void rwkvx_wkv5_ref(int64_t n_tokens, int64_t n_head, int64_t head_size, int64_t ld,
                     const float *r, const float *k, const float *v, const float *u,
                     const float *w, int64_t w_stride, float *state, float *y);
 void rwkvx_wkv7_ref(int64_t n_tokens, int64_t n_head, int64_t head_size,

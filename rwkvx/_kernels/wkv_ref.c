@@ -8,12 +8,12 @@
 
 /* v4: per channel, a numerically stable ratio of decayed sums (aa / bb),
  * with pp the running exponent so that nothing overflows. */
-void rwkvx_wkv4_ref(int64_t n_tokens, int64_t C, const float *k, const float *v,
+void rwkvx_wkv4_ref(int64_t n_tokens, int64_t C, int64_t ld, const float *k, const float *v,
                     const float *time_first, const float *time_decay,
                     float *aa, float *bb, float *pp, float *y) {
     for (int64_t t = 0; t < n_tokens; t++) {
-        const float *kt = k + t * C, *vt = v + t * C;
-        float *yt = y + t * C;
+        const float *kt = k + t * ld, *vt = v + t * ld;
+        float *yt = y + t * ld;
         for (int64_t c = 0; c < C; c++) {
             float ww = time_first[c] + kt[c];
             float m = fmaxf(pp[c], ww);
@@ -32,13 +32,12 @@ void rwkvx_wkv4_ref(int64_t n_tokens, int64_t C, const float *k, const float *v,
 
 /* v5/v6: per head a matrix state M[i=key][j=value].
  *   y[j] = sum_i r[i] * (u[i] k[i] v[j] + M[i][j]);   M[i][j] = w[i] M[i][j] + k[i] v[j] */
-void rwkvx_wkv5_ref(int64_t n_tokens, int64_t n_head, int64_t S,
+void rwkvx_wkv5_ref(int64_t n_tokens, int64_t n_head, int64_t S, int64_t ld,
                     const float *r, const float *k, const float *v, const float *u,
                     const float *w, int64_t w_stride, float *state, float *y) {
-    const int64_t C = n_head * S;
     for (int64_t t = 0; t < n_tokens; t++) {
-        const float *rt = r + t * C, *kt = k + t * C, *vt = v + t * C, *wt = w + t * w_stride;
-        float *yt = y + t * C;
+        const float *rt = r + t * ld, *kt = k + t * ld, *vt = v + t * ld, *wt = w + t * w_stride;
+        float *yt = y + t * ld;
         for (int64_t h = 0; h < n_head; h++) {
             float *M = state + h * S * S;
             const int64_t o = h * S;
