@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     print(f"# bound = MACs/ns x {args.threads} threads / MACs of a token's quantized matrices")
     print("| model | type | MACs/token (M) | bound tokens/s | issue's prefill target | bound / target |")
     print("|---|---|---|---|---|---|")
-    for model in SHAPES:
+    for model in TARGETS:  # the models the issue sets a prefill target for
         macs = quantized_macs_per_token(model)
         for data_type, target in TARGETS[model].items():
             bound = per_ns[TYPE_COLUMN[data_type]] * 1e9 * args.threads / macs

@@ -32,7 +32,7 @@ from build_copy import build_copy  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 KERNEL_TESTS = ("test_kernels.py", "test_packed.py", "test_level_variants.py")
-MODEL_TESTS = ("test_model.py", "test_model_quantized.py", "test_batch.py", "test_dispatch.py")
+MODEL_TESTS = ("test_model.py", "test_model_quantized.py", "test_batch.py", "test_threads.py", "test_dispatch.py")
 NOT_IN_AN_EMULATING_BUILD = ("test_a_normal_build_emulates_nothing",)  # test names
 TIMEOUT_SECONDS = 900
 
