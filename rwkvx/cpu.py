@@ -80,7 +80,7 @@ def format_cpu_info(info: dict | None = None) -> str:
     """cpu_info() as a few human-readable lines."""
     info = cpu_info() if info is None else info
     present = [name for name, has in info["features"].items() if has]
-    emulated = info.get("emulated", [])
+    emulated = info["emulated"]
 
     def levels(names):
         return ", ".join(f"{name} (emulated: a test build)" if name in emulated else name for name in names)

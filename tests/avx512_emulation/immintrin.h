@@ -97,27 +97,28 @@ RWKVX_EMU simde__mmask16 rwkvx_emu_fpclass_ps_mask(simde__m512 a, int categories
     return mask;
 }
 
+/* The lanes of 16 that mask k selects, each `size` bytes, from src to dst; the others untouched. */
+RWKVX_EMU void rwkvx_emu_copy_lanes(void *dst, const void *src, simde__mmask16 k, size_t size) {
+    for (int i = 0; i < 16; i++)
+        if ((k >> i) & 1) memcpy((char *)dst + size * i, (const char *)src + size * i, size);
+}
+
 RWKVX_EMU simde__m512 rwkvx_emu_maskz_loadu_ps(simde__mmask16 k, const void *p) {
     simde__m512_private r;
     memset(&r, 0, sizeof r);
-    for (int i = 0; i < 16; i++) {
-        if ((k >> i) & 1) memcpy(&r.f32[i], (const char *)p + 4 * i, 4);
-    }
+    rwkvx_emu_copy_lanes(&r, p, k, 4);
     return simde__m512_from_private(r);
 }
 
 RWKVX_EMU void rwkvx_emu_mask_storeu_ps(void *p, simde__mmask16 k, simde__m512 a) {
     const simde__m512_private v = simde__m512_to_private(a);
-    for (int i = 0; i < 16; i++)
-        if ((k >> i) & 1) memcpy((char *)p + 4 * i, &v.f32[i], 4);
+    rwkvx_emu_copy_lanes(p, &v, k, 4);
 }
 
 RWKVX_EMU simde__m256i rwkvx_emu_mm256_maskz_loadu_epi16(simde__mmask16 k, const void *p) {
     simde__m256i_private r;
     memset(&r, 0, sizeof r);
-    for (int i = 0; i < 16; i++) {
-        if ((k >> i) & 1) memcpy(&r.u16[i], (const char *)p + 2 * i, 2);
-    }
+    rwkvx_emu_copy_lanes(&r, p, k, 2);
     return simde__m256i_from_private(r);
 }
 
